@@ -1,0 +1,63 @@
+"""Cloudflare's envelope, and the one place our errors become HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+
+from rag_service.errors import RagError
+
+log = logging.getLogger(__name__)
+
+
+def envelope(result: Any, result_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"success": True, "errors": [], "messages": [], "result": result}
+    if result_info is not None:
+        body["result_info"] = result_info
+    return body
+
+
+def error_body(code: int, message: str) -> dict[str, Any]:
+    return {
+        "success": False,
+        "errors": [{"code": code, "message": message}],
+        "messages": [],
+        "result": None,
+    }
+
+
+def _respond(status: int, code: int, message: str) -> Response[dict[str, Any]]:
+    return Response(error_body(code, message), status_code=status)
+
+
+def rag_error_handler(_: Request[Any, Any, Any], exc: RagError) -> Response[dict[str, Any]]:
+    status = exc.status_code if exc.status_code < 500 else 502
+    return _respond(status, exc.code, exc.message)
+
+
+def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    message = exc.detail or "request failed"
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
+        first = exc.extra[0]
+        if isinstance(first, dict) and first.get("message"):
+            message = f"{message}: {first.get('key', '')} {first['message']}".strip()
+    if isinstance(exc, NotFoundException):
+        message = "no such route"
+    return _respond(exc.status_code, 7000 + exc.status_code, message)
+
+
+def unexpected_error_handler(
+    request: Request[Any, Any, Any], exc: Exception
+) -> Response[dict[str, Any]]:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _respond(500, 7500, "internal error")
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+    RagError: rag_error_handler,
+    HTTPException: http_error_handler,
+    Exception: unexpected_error_handler,
+}

@@ -1,0 +1,168 @@
+"""AutoRAG's REST pair (`/autorag/rags/{name}/search` and `/ai-search`) and the `/search`,
+`/ai-search` aliases for the default instance."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.response import Stream
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rag_service.api.errors import envelope
+from rag_service.api.requests import read_json
+from rag_service.api.shapes import legacy_page
+from rag_service.providers.protocols import Usage
+from rag_service.retrieve.filters import parse_filter
+from rag_service.retrieve.generate import build_prompt, generate_answer
+from rag_service.runtime import DEFAULT_INSTANCE, Runtime
+
+
+class RankingOptions(BaseModel):
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    ranker: str | None = None
+
+
+class Reranking(BaseModel):
+    enabled: bool = False
+    model: str | None = None
+
+
+class LegacySearchRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    query: str = Field(min_length=1, max_length=10_000)
+    rewrite_query: bool = False
+    max_num_results: int = Field(10, ge=1, le=50)
+    ranking_options: RankingOptions = Field(default_factory=RankingOptions)
+    reranking: Reranking = Field(default_factory=Reranking)
+    filters: dict[str, Any] | None = None
+    stream: bool = False
+    model: str | None = None
+    system_prompt: str | None = Field(None, max_length=20_000)
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must not be blank")
+        return value
+
+
+def legacy_filter(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    """AutoRAG compares `timestamp` in milliseconds (often as a string); the index in seconds."""
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, dict):
+            node = {k: fix(v) for k, v in node.items()}
+            if node.get("key") == "timestamp" and "value" in node:
+                value = node["value"]
+                if isinstance(value, str) and value.strip().isdigit():
+                    value = int(value)
+                if isinstance(value, int | float) and not isinstance(value, bool) and value > 1e11:
+                    value = int(value // 1000)
+                node["value"] = value
+        elif isinstance(node, list):
+            node = [fix(v) for v in node]
+        return node
+
+    return parse_filter(fix(obj)) if obj else None
+
+
+def _notes(body: LegacySearchRequest) -> list[dict[str, Any]]:
+    notes = []
+    if body.rewrite_query:
+        notes.append({"code": 1, "message": "rewrite_query is not supported yet; query used as given"})
+    if body.reranking.enabled:
+        notes.append({"code": 2, "message": "reranking is not supported yet; results are unreranked"})
+    return notes
+
+
+async def _retrieve(runtime: Runtime, instance_id: str, body: LegacySearchRequest) -> Any:
+    _, cfg = await runtime.get_instance(instance_id)
+    opts = runtime.default_options(
+        cfg,
+        max_num_results=body.max_num_results,
+        match_threshold=body.ranking_options.score_threshold,
+        filters=legacy_filter(body.filters),
+    )
+    return cfg, await runtime.search(instance_id, body.query, opts)
+
+
+async def legacy_search(runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]) -> Any:
+    body = await read_json(request, LegacySearchRequest)
+    _, chunks = await _retrieve(runtime, instance_id, body)
+    result = envelope(legacy_page(body.query, chunks))
+    result["messages"] = _notes(body)
+    return result
+
+
+def sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def legacy_ai_search(
+    runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]
+) -> Any:
+    body = await read_json(request, LegacySearchRequest)
+    cfg, chunks = await _retrieve(runtime, instance_id, body)
+    cfg = cfg.model_copy(update={"ai_search_model": body.model}) if body.model else cfg
+    generator = runtime.generator(cfg)
+    max_tokens = runtime.settings.generation_max_tokens
+    prompt = build_prompt(
+        generator, body.query, chunks, max_tokens, body.system_prompt or cfg.system_prompt
+    )
+    if not body.stream:
+        pieces = [p async for p in generate_answer(generator, prompt, max_tokens)]
+        result = envelope(legacy_page(body.query, prompt.used, "".join(pieces)))
+        result["messages"] = _notes(body)
+        return result
+
+    async def events() -> AsyncIterator[bytes]:
+        usage = Usage()
+        try:
+            async for piece in generate_answer(generator, prompt, max_tokens, usage):
+                yield sse({"response": piece})
+        except Exception as exc:  # the stream has started: report in-band
+            yield sse({"error": getattr(exc, "message", "generation failed")})
+        yield sse(legacy_page(body.query, prompt.used))
+        yield b"data: [DONE]\n\n"
+
+    return Stream(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+@post("/search", status_code=200)
+async def search_default(request: Request[Any, Any, Any], instance: str = DEFAULT_INSTANCE) -> Any:
+    return await legacy_search(_runtime(request), instance, request)
+
+
+@post("/ai-search", status_code=200)
+async def ai_search_default(
+    request: Request[Any, Any, Any], instance: str = DEFAULT_INSTANCE
+) -> Any:
+    return await legacy_ai_search(_runtime(request), instance, request)
+
+
+@post("/accounts/{account_id:str}/autorag/rags/{name:str}/search", status_code=200)
+async def autorag_search(request: Request[Any, Any, Any], account_id: str, name: str) -> Any:
+    return await legacy_search(_runtime(request), name, request)
+
+
+@post("/accounts/{account_id:str}/autorag/rags/{name:str}/ai-search", status_code=200)
+async def autorag_ai_search(request: Request[Any, Any, Any], account_id: str, name: str) -> Any:
+    return await legacy_ai_search(_runtime(request), name, request)
+
+
+ROUTES = [search_default, ai_search_default, autorag_search, autorag_ai_search]
+__all__ = ["ROUTES", "Response"]

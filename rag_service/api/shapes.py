@@ -1,0 +1,62 @@
+"""Response bodies in Cloudflare's shapes: AI Search chunks and AutoRAG's search page."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rag_service.retrieve.search import ScoredChunk
+
+
+def aisearch_chunk(c: ScoredChunk) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "vector_score": c.vector_score,
+            "vector_rank": c.vector_rank,
+            "keyword_score": c.keyword_score,
+            "keyword_rank": c.keyword_rank,
+            "fusion_method": c.fusion_method,
+            "reranking_score": c.reranking_score,
+        }.items()
+        if v is not None
+    }
+    return {
+        "id": c.id,
+        "type": "text",
+        "score": round(c.score, 6),
+        "text": c.text,
+        "item": {"key": c.key, "timestamp": c.timestamp, "metadata": c.attributes},
+        "scoring_details": details,
+    }
+
+
+def aisearch_search_result(query: str, chunks: Sequence[ScoredChunk]) -> dict[str, Any]:
+    return {
+        "search_query": query,
+        "query_kind": "text",
+        "chunks": [aisearch_chunk(c) for c in chunks],
+    }
+
+
+def legacy_item(c: ScoredChunk) -> dict[str, Any]:
+    return {
+        "file_id": c.item_id,
+        "filename": c.key,
+        "score": round(c.score, 6),
+        "attributes": c.attributes,
+        "content": [{"id": c.id, "type": "text", "text": c.text}],
+    }
+
+
+def legacy_page(
+    query: str, chunks: Sequence[ScoredChunk], response: str | None = None
+) -> dict[str, Any]:
+    page: dict[str, Any] = {
+        "object": "vector_store.search_results.page",
+        "search_query": query,
+    }
+    if response is not None:
+        page["response"] = response
+    page.update(data=[legacy_item(c) for c in chunks], has_more=False, next_page=None)
+    return page

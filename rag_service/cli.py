@@ -1,0 +1,238 @@
+"""`ragd`: run the service, sync, search and ask from the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from rag_service.config import Settings
+from rag_service.errors import RagError
+from rag_service.models import Instance
+from rag_service.providers.protocols import ObjectInfo
+from rag_service.runtime import DEFAULT_INSTANCE, Runtime
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where the index and database live.")]
+InstanceOpt = Annotated[str, typer.Option("--instance", "-i", help="Instance id.")]
+
+
+def _settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return Settings(**values)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command; our errors become one red line and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except RagError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def _quiet_models() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("transformers", "sentence_transformers", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+async def _instance(rt: Runtime, instance_id: str) -> Instance:
+    if instance_id == DEFAULT_INSTANCE:
+        return await rt.ensure_default_instance()
+    row, _ = await rt.get_instance(instance_id)
+    return row
+
+
+@app.command()
+def up(
+    source: Annotated[str | None, typer.Option(help="Folder to index (default: the samples).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
+    data_dir: DataDir = None,
+) -> None:
+    """Everything in one process: API, syncs at start and on each instance's interval."""
+    from workers.embedded import run_scheduler
+
+    _serve(_settings(data_dir, source=source), host, port, scheduler=run_scheduler, source=source)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
+    data_dir: DataDir = None,
+) -> None:
+    """The HTTP API alone (syncs run elsewhere: `ragd sync` or the worker)."""
+    _serve(_settings(data_dir), host, port, scheduler=None, source=None)
+
+
+def _serve(settings: Settings, host: str, port: int, scheduler: Any, source: str | None) -> None:
+    import uvicorn
+
+    from rag_service.api.app import create_app
+    from rag_service.api.auth import ensure_local_token
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_models()
+    runtime = Runtime(settings)
+
+    async def prepare() -> None:
+        async with Runtime(settings) as rt:
+            row = await rt.ensure_default_instance(source)
+            if source and row.source != str(Path(source).expanduser().resolve()):
+                await rt.set_source(DEFAULT_INSTANCE, source)
+            err.print(f"instance [bold]default[/bold] indexes {(await rt.get_instance('default'))[0].source}")
+
+    _run(prepare())
+    if not settings.api_tokens:
+        from pydantic import SecretStr
+
+        token, created = ensure_local_token(settings)
+        settings.api_tokens = [SecretStr(token)]
+        where = settings.data_dir / "api-token"
+        if created:
+            err.print(f"API token (stored in {where}): [bold]{token}[/bold]")
+        else:
+            err.print(f"API token: see {where}")
+    err.print(f"serving on http://{host}:{port}  (POST /search, POST /ai-search, GET /healthz)")
+    uvicorn.run(create_app(settings, runtime, background=scheduler), host=host, port=port,
+                log_level="warning")
+
+
+@app.command()
+def sync(
+    instance: Annotated[str, typer.Argument(help="Instance id.")] = DEFAULT_INSTANCE,
+    inline: Annotated[
+        bool, typer.Option("--inline", help="Run in this process (the only mode until the worker).")
+    ] = True,
+    data_dir: DataDir = None,
+) -> None:
+    """Sync an instance with its source now; exits 0 only when the job completed."""
+    settings = _settings(data_dir)
+    _quiet_models()
+
+    async def go() -> int:
+        async with Runtime(settings) as rt:
+            await _instance(rt, instance)
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          console=err, transient=True) as bar:
+                task = bar.add_task(f"syncing {instance}", total=None)
+
+                def progress(status: str, obj: Any, detail: str) -> None:
+                    bar.advance(task)
+                    key = obj.key if isinstance(obj, ObjectInfo) else obj.key
+                    if status in ("error", "skipped"):
+                        err.print(f"  [yellow]{status}[/yellow] {key}: {detail}")
+
+                result = await rt.sync(instance, progress=progress)
+            c = result.counts
+            err.print(
+                f"job {result.job_id} {result.status} in {result.seconds:.1f}s: "
+                f"{c['listed']} listed, {c['completed']} indexed ({c['chunks']} chunks), "
+                f"{c['error']} errors, {c['skipped']} skipped, {c['unchanged']} unchanged, "
+                f"{c['deleted']} deleted"
+            )
+            if result.status != "completed":
+                err.print(f"[red]{result.end_reason}[/red]")
+            return 0 if result.status == "completed" else 1
+
+    raise typer.Exit(_run(go()))
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    instance: InstanceOpt = DEFAULT_INSTANCE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the AI Search result object.")] = False,
+    max_results: Annotated[int | None, typer.Option("--max-results", min=1, max=50)] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Retrieval only: the best chunks for QUERY."""
+    from rag_service.api.shapes import aisearch_search_result
+
+    settings = _settings(data_dir)
+    _quiet_models()
+
+    async def go() -> dict[str, Any]:
+        async with Runtime(settings) as rt:
+            await _instance(rt, instance)
+            _, cfg = await rt.get_instance(instance)
+            chunks = await rt.search(instance, query, rt.default_options(cfg, max_num_results=max_results))
+            return aisearch_search_result(query, chunks)
+
+    result = _run(go())
+    if as_json:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+        return
+    table = Table("score", "file", "text")
+    for chunk in result["chunks"]:
+        table.add_row(f"{chunk['score']:.3f}", chunk["item"]["key"], chunk["text"][:120].replace("\n", " "))
+    Console().print(table)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    instance: InstanceOpt = DEFAULT_INSTANCE,
+    data_dir: DataDir = None,
+) -> None:
+    """Retrieve, then stream a grounded answer and list its sources."""
+    from rag_service.retrieve.generate import build_prompt, generate_answer
+
+    settings = _settings(data_dir)
+    _quiet_models()
+
+    async def go() -> None:
+        async with Runtime(settings) as rt:
+            await _instance(rt, instance)
+            _, cfg = await rt.get_instance(instance)
+            chunks = await rt.search(instance, question, rt.default_options(cfg))
+            generator = rt.generator(cfg)
+            max_tokens = settings.generation_max_tokens
+            prompt = build_prompt(generator, question, chunks, max_tokens, cfg.system_prompt)
+            async for piece in generate_answer(generator, prompt, max_tokens):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n\nSources:\n")
+            for c in prompt.used:
+                sys.stdout.write(f"  {c.score:.3f}  {c.key}\n")
+
+    _run(go())
+
+
+@app.command("instances")
+def list_instances_cmd(data_dir: DataDir = None) -> None:
+    """List instances and their sources."""
+    from rag_service.instances import list_instances
+
+    async def go() -> list[tuple[str, str]]:
+        async with Runtime(_settings(data_dir)) as rt:
+            await rt.ensure_default_instance()
+            async with rt.sessions() as session:
+                return [(r.id, r.source) for r in await list_instances(session)]
+
+    table = Table("instance", "source")
+    for row in _run(go()):
+        table.add_row(*row)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    app()

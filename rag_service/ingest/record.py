@@ -1,0 +1,128 @@
+"""Stage 8: record items, jobs and job log lines in the metadata database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from rag_service.models import Item, Job, JobLog, utcnow
+from rag_service.providers.protocols import ObjectInfo
+
+ITEM_NAMESPACE = uuid.UUID("5b0a2f1e-7c1d-4e8a-9a3b-2f6d1c0e4b7a")
+INFO, WARNING, ERROR = 0, 1, 2
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+def item_id_for(instance_id: str, key: str) -> str:
+    """Deterministic, so a crashed run's chunk ids are found again by the next one."""
+    return str(uuid.uuid5(ITEM_NAMESPACE, f"{instance_id}\0{key}"))
+
+
+async def load_items(sessions: Sessions, instance_id: str) -> list[Item]:
+    async with sessions() as session:
+        rows = await session.scalars(select(Item).where(Item.instance_id == instance_id))
+        return list(rows.all())
+
+
+async def start_job(
+    sessions: Sessions, instance_id: str, source: str, description: str | None = None
+) -> Job:
+    now = utcnow()
+    job = Job(
+        id=str(uuid.uuid4()),
+        instance_id=instance_id,
+        source=source,
+        status="running",
+        description=description,
+        started_at=now,
+        last_seen_at=now,
+    )
+    async with sessions() as session, session.begin():
+        session.add(job)
+    return job
+
+
+async def log_line(sessions: Sessions, job_id: str, message: str, level: int = INFO) -> None:
+    async with sessions() as session, session.begin():
+        session.add(JobLog(job_id=job_id, message=message, message_type=level))
+        await session.execute(update(Job).where(Job.id == job_id).values(last_seen_at=utcnow()))
+
+
+async def finish_job(
+    sessions: Sessions, job_id: str, status: str, end_reason: str, counts: dict[str, Any]
+) -> None:
+    async with sessions() as session, session.begin():
+        now = utcnow()
+        await session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=status, end_reason=end_reason, ended_at=now, last_seen_at=now,
+                    counts=counts)
+        )
+
+
+async def begin_item(
+    sessions: Sessions, instance_id: str, info: ObjectInfo, job_id: str, high_water: int
+) -> Item:
+    """Create or update the item row as `running`, with the chunk high-water mark set first."""
+    item_id = item_id_for(instance_id, info.key)
+    async with sessions() as session, session.begin():
+        item = await session.get(Item, item_id)
+        if item is None:
+            item = Item(id=item_id, instance_id=instance_id, key=info.key)
+            session.add(item)
+        item.status = "running"
+        item.error = None
+        item.job_id = job_id
+        item.chunk_high_water = max(item.chunk_high_water or 0, high_water)
+        item.last_seen_at = utcnow()
+    return item
+
+
+async def end_item(
+    sessions: Sessions,
+    item_id: str,
+    info: ObjectInfo,
+    status: str,
+    *,
+    chunks_count: int = 0,
+    error: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    retry: bool = False,
+) -> None:
+    """Record the outcome; the etag is stored only now, so an interrupted item is redone.
+
+    `retry` leaves the etag blank so that the next sync tries the item again (a backend
+    failure, as opposed to a document that cannot be read).
+    """
+    async with sessions() as session, session.begin():
+        item = await session.get(Item, item_id)
+        if item is None:
+            return
+        item.status = status
+        item.error = error
+        item.etag = "" if retry else info.etag
+        item.size, item.last_modified = info.size, info.last_modified
+        item.chunks_count = chunks_count
+        if status == "completed":
+            item.chunk_high_water = chunks_count  # leftovers past it were deleted
+        item.metadata_ = metadata or {}
+        item.last_seen_at = utcnow()
+
+
+async def touch_items(sessions: Sessions, item_ids: Sequence[str], seen: datetime) -> None:
+    if not item_ids:
+        return
+    async with sessions() as session, session.begin():
+        await session.execute(update(Item).where(Item.id.in_(item_ids)).values(last_seen_at=seen))
+
+
+async def delete_item(sessions: Sessions, item_id: str) -> None:
+    async with sessions() as session, session.begin():
+        await session.execute(delete(Item).where(Item.id == item_id))

@@ -1,0 +1,133 @@
+"""Instance configuration (AI Search's fields and ranges) and its storage."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rag_service.errors import Conflict, InvalidRequest, NotFound
+from rag_service.models import Instance
+
+SYNC_INTERVALS = (900, 1800, 3600, 7200, 14400, 21600, 43200, 86400)
+INSTANCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class IndexMethod(BaseModel):
+    vector: bool = True
+    keyword: bool = True
+
+
+class CustomMetadataField(BaseModel):
+    field_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+    data_type: Literal["text", "number", "boolean", "datetime"]
+
+
+class SourceParams(BaseModel):
+    prefix: str = ""
+    include_items: list[str] = Field(default_factory=list, max_length=10)
+    exclude_items: list[str] = Field(default_factory=list, max_length=10)
+
+
+class IndexingOptions(BaseModel):
+    keyword_tokenizer: Literal["porter", "trigram"] = "porter"
+
+
+class InstanceConfig(BaseModel):
+    """What an instance is built from; defaults and ranges are AI Search's."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    backend: Literal["local", "cloudflare"] = "local"
+    type: Literal["r2", "folder", "s3"] | None = None
+    source_params: SourceParams = Field(default_factory=SourceParams)
+    chunk: bool = True
+    chunk_size: int = Field(256, ge=64, le=512)
+    chunk_overlap: int = Field(10, ge=0, le=30)  # percent of chunk_size, as AutoRAG
+    embedding_model: str | None = None  # None: the settings' default
+    embedding_pooling: Literal["cls", "mean"] | None = None
+    ai_search_model: str | None = None
+    rewrite_query: bool = False
+    rewrite_model: str | None = None
+    reranking: bool = False
+    reranking_model: str | None = None
+    max_num_results: int = Field(10, ge=1, le=50)
+    score_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    index_method: IndexMethod = Field(default_factory=IndexMethod)
+    fusion_method: Literal["rrf", "max"] = "rrf"
+    cache: bool = False
+    cache_threshold: Literal[
+        "super_strict_match", "close_enough", "flexible_friend", "anything_goes"
+    ] = "close_enough"
+    sync_interval: int = 21600
+    custom_metadata: list[CustomMetadataField] = Field(default_factory=list, max_length=5)
+    indexing_options: IndexingOptions = Field(default_factory=IndexingOptions)
+    system_prompt: str | None = None
+
+    @field_validator("sync_interval")
+    @classmethod
+    def _interval(cls, value: int) -> int:
+        if value not in SYNC_INTERVALS:
+            raise ValueError(f"sync_interval must be one of {', '.join(map(str, SYNC_INTERVALS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _some_index(self) -> InstanceConfig:
+        if not (self.index_method.vector or self.index_method.keyword):
+            raise ValueError("index_method needs vector, keyword or both")
+        return self
+
+    @property
+    def overlap_tokens(self) -> int:
+        return self.chunk_size * self.chunk_overlap // 100
+
+
+def instance_config(row: Instance) -> InstanceConfig:
+    return InstanceConfig.model_validate(row.config)
+
+
+async def get_instance(session: AsyncSession, instance_id: str) -> Instance:
+    row = await session.get(Instance, instance_id)
+    if row is None:
+        raise NotFound(f"instance {instance_id!r} not found")
+    return row
+
+
+async def list_instances(session: AsyncSession) -> Sequence[Instance]:
+    return (await session.scalars(select(Instance).order_by(Instance.created_at))).all()
+
+
+async def create_instance(
+    session: AsyncSession, instance_id: str, source: str, config: dict[str, Any]
+) -> Instance:
+    if not INSTANCE_ID.match(instance_id):
+        raise InvalidRequest(
+            "instance id must be 1-64 lowercase letters, digits, '-' or '_', starting alphanumeric"
+        )
+    if await session.get(Instance, instance_id) is not None:
+        raise Conflict(f"instance {instance_id!r} already exists")
+    cfg = validate_config(config)
+    row = Instance(id=instance_id, source=source, config=cfg.model_dump(mode="json"))
+    session.add(row)
+    await session.flush()
+    return row
+
+
+def validate_config(config: dict[str, Any]) -> InstanceConfig:
+    try:
+        return InstanceConfig.model_validate(config)
+    except ValueError as exc:
+        raise InvalidRequest(_first_error(exc)) from exc
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "config"
+        return f"{where}: {first.get('msg', 'invalid value')}"
+    return str(exc)

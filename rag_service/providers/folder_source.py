@@ -1,0 +1,68 @@
+"""A local folder as an object source: keys are POSIX paths relative to the root."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from rag_service.errors import ObjectTooLarge, SourceError
+from rag_service.providers.globs import PathFilter
+from rag_service.providers.protocols import ObjectInfo
+
+
+class FolderSource:
+    """Lists files under `root` (hidden files and folders skipped) and reads them size-capped."""
+
+    def __init__(self, root: Path, prefix: str = "", path_filter: PathFilter | None = None) -> None:
+        self.root = root.resolve()
+        self.prefix = prefix.lstrip("/")
+        self.path_filter = path_filter or PathFilter()
+
+    def _scan(self) -> list[ObjectInfo]:
+        if not self.root.is_dir():
+            raise SourceError(f"source folder {self.root} does not exist or is not a folder")
+        found: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(self.prefix) or not self.path_filter.admits(key):
+                    continue
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue  # vanished between walk and stat
+                if not path.is_file():
+                    continue
+                # A cheap change signature, as S3's ETag is: size and mtime in nanoseconds.
+                etag = hashlib.md5(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+                found.append(ObjectInfo(key, etag, st.st_size, st.st_mtime))
+        return found
+
+    async def list_objects(self) -> AsyncIterator[ObjectInfo]:
+        for info in await asyncio.to_thread(self._scan):
+            yield info
+
+    def _read(self, key: str, max_bytes: int) -> bytes:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise SourceError(f"key {key!r} escapes the source folder")
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(max_bytes + 1)
+        except FileNotFoundError as exc:
+            raise SourceError(f"{key} vanished before it could be read") from exc
+        except OSError as exc:
+            raise SourceError(f"cannot read {key}: {exc.strerror}") from exc
+        if len(data) > max_bytes:
+            raise ObjectTooLarge(f"file is larger than the {max_bytes} byte limit")
+        return data
+
+    async def fetch(self, key: str, max_bytes: int) -> bytes:
+        return await asyncio.to_thread(self._read, key, max_bytes)

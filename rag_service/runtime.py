@@ -1,0 +1,200 @@
+"""The service layer shared by the API, the CLI and the worker: database, providers, operations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from rag_service import db, instances
+from rag_service.config import Settings
+from rag_service.errors import Conflict, InvalidRequest
+from rag_service.ingest.fetch import SizeLimits
+from rag_service.ingest.sync import Progress, SyncContext, SyncResult, run_sync
+from rag_service.instances import InstanceConfig
+from rag_service.models import Instance
+from rag_service.providers.folder_source import FolderSource
+from rag_service.providers.globs import PathFilter
+from rag_service.providers.protocols import Embedder, Generator, IndexSpec, ObjectSource, VectorIndex
+from rag_service.retrieve.search import RetrievalOptions, ScoredChunk, search
+
+SAMPLE_DOCS = Path(__file__).resolve().parent / "sample_docs"
+DEFAULT_INSTANCE = "default"
+
+EmbedderFactory = Callable[[str, str | None], Embedder]
+GeneratorFactory = Callable[[InstanceConfig], Generator]
+
+
+class Runtime:
+    """Owns the database engine and the per-process provider caches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder_factory: EmbedderFactory | None = None,
+        generator_factory: GeneratorFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine = db.create_engine(settings.resolved_database_url)
+        self.sessions = db.session_factory(self.engine)
+        self._embedder_factory = embedder_factory or self._local_embedder
+        self._generator_factory = generator_factory or self._local_generator
+        self._embedders: dict[tuple[str, str | None], Embedder] = {}
+        self._generators: dict[str, Generator] = {}
+        self._indexes: dict[str, VectorIndex] = {}
+        self._sync_locks: dict[str, asyncio.Lock] = {}
+
+    async def start(self) -> Runtime:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await db.upgrade(self.engine)
+        return self
+
+    async def close(self) -> None:
+        for index in self._indexes.values():
+            await index.close()
+        self._indexes.clear()
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Runtime:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # Instances
+
+    async def ensure_instance(
+        self, instance_id: str, source: str, config: dict[str, Any] | None = None
+    ) -> Instance:
+        """Create the instance when missing; an existing one is left as it is, source included."""
+        async with self.sessions() as session, session.begin():
+            row = await session.get(Instance, instance_id)
+            if row is None:
+                cfg = {"backend": self.settings.backend, **(config or {})}
+                row = await instances.create_instance(session, instance_id, source, cfg)
+            return row
+
+    async def ensure_default_instance(self, source: str | None = None) -> Instance:
+        chosen = source or self.settings.source or str(SAMPLE_DOCS)
+        if "://" not in chosen:
+            chosen = str(Path(chosen).expanduser().resolve())
+        return await self.ensure_instance(DEFAULT_INSTANCE, chosen)
+
+    async def set_source(self, instance_id: str, source: str) -> None:
+        """Point an instance at another source; the next sync drops what is no longer there."""
+        if "://" not in source:
+            source = str(Path(source).expanduser().resolve())
+        async with self.sessions() as session, session.begin():
+            row = await instances.get_instance(session, instance_id)
+            row.source = source
+
+    async def get_instance(self, instance_id: str) -> tuple[Instance, InstanceConfig]:
+        async with self.sessions() as session:
+            row = await instances.get_instance(session, instance_id)
+            return row, instances.instance_config(row)
+
+    # Providers
+
+    def embedder(self, cfg: InstanceConfig) -> Embedder:
+        model = cfg.embedding_model or self.settings.embedding_model
+        pooling = cfg.embedding_pooling or self.settings.embedding_pooling
+        key = (model, pooling)
+        if key not in self._embedders:
+            self._embedders[key] = self._embedder_factory(model, pooling)
+        return self._embedders[key]
+
+    def generator(self, cfg: InstanceConfig) -> Generator:
+        name = cfg.ai_search_model or self.settings.generation_model
+        if name not in self._generators:
+            self._generators[name] = self._generator_factory(cfg)
+        return self._generators[name]
+
+    async def index(self, instance_id: str, cfg: InstanceConfig) -> VectorIndex:
+        if instance_id not in self._indexes:
+            from rag_service.providers.local_index import LocalIndex
+
+            embedder = self.embedder(cfg)
+            spec = IndexSpec(embedder.model_id, embedder.pooling, embedder.dimensions)
+            path = self.settings.instance_dir(instance_id) / "index"
+            self._indexes[instance_id] = await LocalIndex.open(
+                path, spec, keyword_tokenizer=cfg.indexing_options.keyword_tokenizer
+            )
+        return self._indexes[instance_id]
+
+    def source(self, row: Instance, cfg: InstanceConfig) -> ObjectSource:
+        params = cfg.source_params
+        path_filter = PathFilter(tuple(params.include_items), tuple(params.exclude_items))
+        if row.source.startswith("s3://") or cfg.type in ("r2", "s3"):
+            raise InvalidRequest("S3 and R2 sources are not supported yet: use a folder path")
+        return FolderSource(Path(row.source), params.prefix, path_filter)
+
+    def _local_embedder(self, model: str, pooling: str | None) -> Embedder:
+        from rag_service.providers.local_embedder import LocalEmbedder
+        from rag_service.providers.local_models import resolve_embedding_model
+
+        return LocalEmbedder(
+            model,
+            path=resolve_embedding_model(model),
+            pooling=pooling,  # type: ignore[arg-type]
+            query_instruction=self.settings.embedding_query_instruction,
+            batch_size=self.settings.embedding_batch_size,
+        )
+
+    def _local_generator(self, cfg: InstanceConfig) -> Generator:
+        name = cfg.ai_search_model or self.settings.generation_model
+        if self.settings.generation_url:
+            from rag_service.providers.openai_generator import OpenAIGenerator
+
+            key = self.settings.generation_api_key
+            return OpenAIGenerator(
+                self.settings.generation_url, name, key.get_secret_value() if key else None
+            )
+        from rag_service.providers.local_generator import LocalGenerator
+        from rag_service.providers.local_models import resolve_generation_model
+
+        return LocalGenerator(name, path=resolve_generation_model(name))
+
+    # Operations
+
+    async def sync(
+        self, instance_id: str, job_source: str = "user", progress: Progress | None = None
+    ) -> SyncResult:
+        """Run one sync now; a second sync of the same instance is refused while one runs."""
+        lock = self._sync_locks.setdefault(instance_id, asyncio.Lock())
+        if lock.locked():
+            raise Conflict(f"a sync of instance {instance_id!r} is already running")
+        async with lock:
+            row, cfg = await self.get_instance(instance_id)
+            ctx = SyncContext(
+                instance_id=instance_id,
+                config=cfg,
+                source=self.source(row, cfg),
+                embedder=self.embedder(cfg),
+                index=await self.index(instance_id, cfg),
+                sessions=self.sessions,
+                limits=SizeLimits(self.settings.max_file_bytes, self.settings.max_text_file_bytes),
+            )
+            return await run_sync(ctx, job_source, progress)
+
+    async def search(
+        self, instance_id: str, query: str, opts: RetrievalOptions
+    ) -> list[ScoredChunk]:
+        _, cfg = await self.get_instance(instance_id)
+        return await search(self.embedder(cfg), await self.index(instance_id, cfg), query, opts)
+
+    def default_options(self, cfg: InstanceConfig, **overrides: Any) -> RetrievalOptions:
+        """The instance's retrieval settings with per-request overrides (None = keep)."""
+        method = cfg.index_method
+        kind = "hybrid" if method.vector and method.keyword else "vector" if method.vector else "keyword"
+        base: dict[str, Any] = {
+            "retrieval_type": kind,
+            "fusion_method": cfg.fusion_method,
+            "match_threshold": cfg.score_threshold,
+            "max_num_results": cfg.max_num_results,
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return RetrievalOptions(**base)

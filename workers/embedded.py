@@ -1,0 +1,42 @@
+"""The embedded scheduler of `ragd up`: sync every instance at start, then on its interval."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from rag_service.errors import Conflict, RagError
+from rag_service.instances import instance_config, list_instances
+from rag_service.runtime import Runtime
+
+log = logging.getLogger("ragd.scheduler")
+TICK_SECONDS = 30.0
+
+
+async def sync_due(runtime: Runtime, last_run: dict[str, float], now: float) -> None:
+    """Sync each instance whose interval has passed since its last run here (or never ran)."""
+    async with runtime.sessions() as session:
+        rows = await list_instances(session)
+    for row in rows:
+        interval = instance_config(row).sync_interval
+        if now - last_run.get(row.id, float("-inf")) < interval:
+            continue
+        last_run[row.id] = now
+        try:
+            result = await runtime.sync(row.id, job_source="schedule")
+            log.info("sync of %s %s: %s", row.id, result.status, result.end_reason)
+        except Conflict:
+            log.info("sync of %s skipped: one is already running", row.id)
+        except RagError as exc:
+            log.error("sync of %s failed: %s", row.id, exc.message)
+
+
+async def run_scheduler(runtime: Runtime, tick: float = TICK_SECONDS) -> None:
+    last_run: dict[str, float] = {}
+    while True:
+        try:
+            await sync_due(runtime, last_run, time.monotonic())
+        except Exception:  # keep the scheduler alive; the next tick tries again
+            log.exception("scheduler tick failed")
+        await asyncio.sleep(tick)
