@@ -19,14 +19,15 @@ from rich.table import Table
 from rag_service.config import Settings
 from rag_service.errors import RagError
 from rag_service.models import Instance
-from rag_service.providers.protocols import ObjectInfo
 from rag_service.runtime import DEFAULT_INSTANCE, Runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where the index and database live.")]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where the index and database live.")
+]
 InstanceOpt = Annotated[str, typer.Option("--instance", "-i", help="Instance id.")]
 
 
@@ -62,15 +63,17 @@ async def _instance(rt: Runtime, instance_id: str) -> Instance:
 
 @app.command()
 def up(
-    source: Annotated[str | None, typer.Option(help="Folder to index (default: the samples).")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Folder to index (default: the samples).")
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
     data_dir: DataDir = None,
 ) -> None:
     """Everything in one process: API, syncs at start and on each instance's interval."""
-    from workers.embedded import run_scheduler
+    from workers.embedded import run_embedded
 
-    _serve(_settings(data_dir, source=source), host, port, scheduler=run_scheduler, source=source)
+    _serve(_settings(data_dir, source=source), host, port, scheduler=run_embedded, source=source)
 
 
 @app.command()
@@ -89,16 +92,16 @@ def _serve(settings: Settings, host: str, port: int, scheduler: Any, source: str
     from rag_service.api.app import create_app
     from rag_service.api.auth import ensure_local_token
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     _quiet_models()
     runtime = Runtime(settings)
 
     async def prepare() -> None:
         async with Runtime(settings) as rt:
             row = await rt.ensure_default_instance(source)
-            if source and row.source != str(Path(source).expanduser().resolve()):
-                await rt.set_source(DEFAULT_INSTANCE, source)
-            err.print(f"instance [bold]default[/bold] indexes {(await rt.get_instance('default'))[0].source}")
+            err.print(f"instance [bold]default[/bold] indexes {row.source}")
 
     _run(prepare())
     if not settings.api_tokens:
@@ -112,8 +115,12 @@ def _serve(settings: Settings, host: str, port: int, scheduler: Any, source: str
         else:
             err.print(f"API token: see {where}")
     err.print(f"serving on http://{host}:{port}  (POST /search, POST /ai-search, GET /healthz)")
-    uvicorn.run(create_app(settings, runtime, background=scheduler), host=host, port=port,
-                log_level="warning")
+    uvicorn.run(
+        create_app(settings, runtime, background=scheduler),
+        host=host,
+        port=port,
+        log_level="warning",
+    )
 
 
 @app.command()
@@ -131,13 +138,18 @@ def sync(
     async def go() -> int:
         async with Runtime(settings) as rt:
             await _instance(rt, instance)
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          console=err, transient=True) as bar:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=err,
+                transient=True,
+            ) as bar:
                 task = bar.add_task(f"syncing {instance}", total=None)
 
                 def progress(status: str, obj: Any, detail: str) -> None:
                     bar.advance(task)
-                    key = obj.key if isinstance(obj, ObjectInfo) else obj.key
+                    key = obj.key
                     if status in ("error", "skipped"):
                         err.print(f"  [yellow]{status}[/yellow] {key}: {detail}")
 
@@ -160,7 +172,9 @@ def sync(
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     instance: InstanceOpt = DEFAULT_INSTANCE,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the AI Search result object.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the AI Search result object.")
+    ] = False,
     max_results: Annotated[int | None, typer.Option("--max-results", min=1, max=50)] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -174,7 +188,9 @@ def search(
         async with Runtime(settings) as rt:
             await _instance(rt, instance)
             _, cfg = await rt.get_instance(instance)
-            chunks = await rt.search(instance, query, rt.default_options(cfg, max_num_results=max_results))
+            chunks = await rt.search(
+                instance, query, rt.default_options(cfg, max_num_results=max_results)
+            )
             return aisearch_search_result(query, chunks)
 
     result = _run(go())
@@ -183,7 +199,9 @@ def search(
         return
     table = Table("score", "file", "text")
     for chunk in result["chunks"]:
-        table.add_row(f"{chunk['score']:.3f}", chunk["item"]["key"], chunk["text"][:120].replace("\n", " "))
+        table.add_row(
+            f"{chunk['score']:.3f}", chunk["item"]["key"], chunk["text"][:120].replace("\n", " ")
+        )
     Console().print(table)
 
 
@@ -204,7 +222,7 @@ def ask(
             await _instance(rt, instance)
             _, cfg = await rt.get_instance(instance)
             chunks = await rt.search(instance, question, rt.default_options(cfg))
-            generator = rt.generator(cfg)
+            generator = await rt.generator(cfg)
             max_tokens = settings.generation_max_tokens
             prompt = build_prompt(generator, question, chunks, max_tokens, cfg.system_prompt)
             async for piece in generate_answer(generator, prompt, max_tokens):

@@ -18,11 +18,23 @@ from rag_service.instances import InstanceConfig
 from rag_service.models import Instance
 from rag_service.providers.folder_source import FolderSource
 from rag_service.providers.globs import PathFilter
-from rag_service.providers.protocols import Embedder, Generator, IndexSpec, ObjectSource, VectorIndex
+from rag_service.providers.protocols import (
+    Embedder,
+    Generator,
+    IndexSpec,
+    ObjectSource,
+    VectorIndex,
+)
 from rag_service.retrieve.search import RetrievalOptions, ScoredChunk, search
 
 SAMPLE_DOCS = Path(__file__).resolve().parent / "sample_docs"
 DEFAULT_INSTANCE = "default"
+
+
+def normalise_source(source: str) -> str:
+    """Folders are stored as absolute paths; URLs (s3://...) as given."""
+    return source if "://" in source else str(Path(source).expanduser().resolve())
+
 
 EmbedderFactory = Callable[[str, str | None], Embedder]
 GeneratorFactory = Callable[[InstanceConfig], Generator]
@@ -47,6 +59,7 @@ class Runtime:
         self._generators: dict[str, Generator] = {}
         self._indexes: dict[str, VectorIndex] = {}
         self._sync_locks: dict[str, asyncio.Lock] = {}
+        self._loading = asyncio.Lock()
 
     async def start(self) -> Runtime:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -79,18 +92,19 @@ class Runtime:
             return row
 
     async def ensure_default_instance(self, source: str | None = None) -> Instance:
-        chosen = source or self.settings.source or str(SAMPLE_DOCS)
-        if "://" not in chosen:
-            chosen = str(Path(chosen).expanduser().resolve())
-        return await self.ensure_instance(DEFAULT_INSTANCE, chosen)
+        """The `default` instance; an explicit `source` re-points an existing one."""
+        chosen = normalise_source(source or self.settings.source or str(SAMPLE_DOCS))
+        row = await self.ensure_instance(DEFAULT_INSTANCE, chosen)
+        if source and row.source != chosen:
+            await self.set_source(DEFAULT_INSTANCE, chosen)
+            row.source = chosen
+        return row
 
     async def set_source(self, instance_id: str, source: str) -> None:
         """Point an instance at another source; the next sync drops what is no longer there."""
-        if "://" not in source:
-            source = str(Path(source).expanduser().resolve())
         async with self.sessions() as session, session.begin():
             row = await instances.get_instance(session, instance_id)
-            row.source = source
+            row.source = normalise_source(source)
 
     async def get_instance(self, instance_id: str) -> tuple[Instance, InstanceConfig]:
         async with self.sessions() as session:
@@ -99,28 +113,33 @@ class Runtime:
 
     # Providers
 
-    def embedder(self, cfg: InstanceConfig) -> Embedder:
+    async def embedder(self, cfg: InstanceConfig) -> Embedder:
+        """Loaded once per (model, pooling), in a thread: loading takes seconds."""
         model = cfg.embedding_model or self.settings.embedding_model
         pooling = cfg.embedding_pooling or self.settings.embedding_pooling
         key = (model, pooling)
-        if key not in self._embedders:
-            self._embedders[key] = self._embedder_factory(model, pooling)
+        async with self._loading:
+            if key not in self._embedders:
+                self._embedders[key] = await asyncio.to_thread(
+                    self._embedder_factory, model, pooling
+                )
         return self._embedders[key]
 
-    def generator(self, cfg: InstanceConfig) -> Generator:
+    async def generator(self, cfg: InstanceConfig) -> Generator:
         name = cfg.ai_search_model or self.settings.generation_model
-        if name not in self._generators:
-            self._generators[name] = self._generator_factory(cfg)
+        async with self._loading:
+            if name not in self._generators:
+                self._generators[name] = await asyncio.to_thread(self._generator_factory, cfg)
         return self._generators[name]
 
     async def index(self, instance_id: str, cfg: InstanceConfig) -> VectorIndex:
         if instance_id not in self._indexes:
             from rag_service.providers.local_index import LocalIndex
 
-            embedder = self.embedder(cfg)
+            embedder = await self.embedder(cfg)
             spec = IndexSpec(embedder.model_id, embedder.pooling, embedder.dimensions)
             path = self.settings.instance_dir(instance_id) / "index"
-            self._indexes[instance_id] = await LocalIndex.open(
+            self._indexes[instance_id] = await LocalIndex.aopen(
                 path, spec, keyword_tokenizer=cfg.indexing_options.keyword_tokenizer
             )
         return self._indexes[instance_id]
@@ -134,11 +153,9 @@ class Runtime:
 
     def _local_embedder(self, model: str, pooling: str | None) -> Embedder:
         from rag_service.providers.local_embedder import LocalEmbedder
-        from rag_service.providers.local_models import resolve_embedding_model
 
         return LocalEmbedder(
             model,
-            path=resolve_embedding_model(model),
             pooling=pooling,  # type: ignore[arg-type]
             query_instruction=self.settings.embedding_query_instruction,
             batch_size=self.settings.embedding_batch_size,
@@ -154,9 +171,8 @@ class Runtime:
                 self.settings.generation_url, name, key.get_secret_value() if key else None
             )
         from rag_service.providers.local_generator import LocalGenerator
-        from rag_service.providers.local_models import resolve_generation_model
 
-        return LocalGenerator(name, path=resolve_generation_model(name))
+        return LocalGenerator(name, cache_dir=self.settings.data_dir / "models")
 
     # Operations
 
@@ -173,7 +189,7 @@ class Runtime:
                 instance_id=instance_id,
                 config=cfg,
                 source=self.source(row, cfg),
-                embedder=self.embedder(cfg),
+                embedder=await self.embedder(cfg),
                 index=await self.index(instance_id, cfg),
                 sessions=self.sessions,
                 limits=SizeLimits(self.settings.max_file_bytes, self.settings.max_text_file_bytes),
@@ -184,12 +200,19 @@ class Runtime:
         self, instance_id: str, query: str, opts: RetrievalOptions
     ) -> list[ScoredChunk]:
         _, cfg = await self.get_instance(instance_id)
-        return await search(self.embedder(cfg), await self.index(instance_id, cfg), query, opts)
+        embedder = await self.embedder(cfg)
+        return await search(embedder, await self.index(instance_id, cfg), query, opts)
 
     def default_options(self, cfg: InstanceConfig, **overrides: Any) -> RetrievalOptions:
         """The instance's retrieval settings with per-request overrides (None = keep)."""
         method = cfg.index_method
-        kind = "hybrid" if method.vector and method.keyword else "vector" if method.vector else "keyword"
+        kind = (
+            "hybrid"
+            if method.vector and method.keyword
+            else "vector"
+            if method.vector
+            else "keyword"
+        )
         base: dict[str, Any] = {
             "retrieval_type": kind,
             "fusion_method": cfg.fusion_method,

@@ -43,7 +43,11 @@ class HashingEmbedder:
 
     async def embed_documents(self, texts: Sequence[str]) -> Vector:
         self.embedded.extend(texts)
-        return np.stack([self._vector(t) for t in texts]) if texts else np.zeros((0, self.dimensions), np.float32)
+        return (
+            np.stack([self._vector(t) for t in texts])
+            if texts
+            else np.zeros((0, self.dimensions), np.float32)
+        )
 
     async def embed_query(self, text: str) -> Vector:
         return self._vector(text)

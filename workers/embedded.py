@@ -8,7 +8,7 @@ import time
 
 from rag_service.errors import Conflict, RagError
 from rag_service.instances import instance_config, list_instances
-from rag_service.runtime import Runtime
+from rag_service.runtime import DEFAULT_INSTANCE, Runtime
 
 log = logging.getLogger("ragd.scheduler")
 TICK_SECONDS = 30.0
@@ -30,6 +30,21 @@ async def sync_due(runtime: Runtime, last_run: dict[str, float], now: float) -> 
             log.info("sync of %s skipped: one is already running", row.id)
         except RagError as exc:
             log.error("sync of %s failed: %s", row.id, exc.message)
+
+
+async def warm_default_generator(runtime: Runtime) -> None:
+    """Load the answer model in the background so that the first question does not wait."""
+    try:
+        _, cfg = await runtime.get_instance(DEFAULT_INSTANCE)
+        await runtime.generator(cfg)
+        log.info("generation model ready")
+    except Exception:  # the first ai-search will retry and report the cause
+        log.exception("could not load the generation model")
+
+
+async def run_embedded(runtime: Runtime) -> None:
+    """What `ragd up` runs beside the API."""
+    await asyncio.gather(run_scheduler(runtime), warm_default_generator(runtime))
 
 
 async def run_scheduler(runtime: Runtime, tick: float = TICK_SECONDS) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.types import ExceptionHandlersMap
 
 from rag_service.errors import RagError
 
@@ -56,7 +57,7 @@ def unexpected_error_handler(
     return _respond(500, 7500, "internal error")
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     RagError: rag_error_handler,
     HTTPException: http_error_handler,
     Exception: unexpected_error_handler,

@@ -74,9 +74,13 @@ def legacy_filter(obj: dict[str, Any] | None) -> dict[str, Any] | None:
 def _notes(body: LegacySearchRequest) -> list[dict[str, Any]]:
     notes = []
     if body.rewrite_query:
-        notes.append({"code": 1, "message": "rewrite_query is not supported yet; query used as given"})
+        notes.append(
+            {"code": 1, "message": "rewrite_query is not supported yet; query used as given"}
+        )
     if body.reranking.enabled:
-        notes.append({"code": 2, "message": "reranking is not supported yet; results are unreranked"})
+        notes.append(
+            {"code": 2, "message": "reranking is not supported yet; results are unreranked"}
+        )
     return notes
 
 
@@ -109,7 +113,7 @@ async def legacy_ai_search(
     body = await read_json(request, LegacySearchRequest)
     cfg, chunks = await _retrieve(runtime, instance_id, body)
     cfg = cfg.model_copy(update={"ai_search_model": body.model}) if body.model else cfg
-    generator = runtime.generator(cfg)
+    generator = await runtime.generator(cfg)
     max_tokens = runtime.settings.generation_max_tokens
     prompt = build_prompt(
         generator, body.query, chunks, max_tokens, body.system_prompt or cfg.system_prompt

@@ -7,7 +7,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from rag_service.instances import CustomMetadataField
-from rag_service.providers.protocols import MetadataValue, ObjectInfo, Vector, VectorIndex, VectorRecord
+from rag_service.providers.protocols import (
+    MetadataValue,
+    ObjectInfo,
+    Vector,
+    VectorIndex,
+    VectorRecord,
+)
 
 UPSERT_BATCH = 256
 

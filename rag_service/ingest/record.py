@@ -62,8 +62,9 @@ async def finish_job(
         await session.execute(
             update(Job)
             .where(Job.id == job_id)
-            .values(status=status, end_reason=end_reason, ended_at=now, last_seen_at=now,
-                    counts=counts)
+            .values(
+                status=status, end_reason=end_reason, ended_at=now, last_seen_at=now, counts=counts
+            )
         )
 
 

@@ -1,4 +1,4 @@
-"""A whole sync of one instance: list -> diff -> per item fetch/extract/chunk/embed/index -> record."""
+"""A whole sync of one instance: list -> diff -> per item fetch ... index -> record."""
 
 from __future__ import annotations
 
@@ -65,20 +65,24 @@ async def run_sync(
         items = await record.load_items(ctx.sessions, ctx.instance_id)
         plan = plan_sync(listing, items)
         counts.update(
-            listed=len(listing), new=len(plan.new), changed=len(plan.changed),
-            unchanged=len(plan.unchanged), deleted=len(plan.deleted),
+            listed=len(listing),
+            new=len(plan.new),
+            changed=len(plan.changed),
+            unchanged=len(plan.unchanged),
+            deleted=len(plan.deleted),
         )
         await record.log_line(
-            ctx.sessions, job.id,
+            ctx.sessions,
+            job.id,
             f"listed {len(listing)} objects: {len(plan.new)} new, {len(plan.changed)} changed, "
             f"{len(plan.unchanged)} unchanged, {len(plan.deleted)} deleted",
         )
         by_key = {item.key: item for item in items}
-        await record.touch_items(
-            ctx.sessions, [by_key[i.key].id for i in plan.unchanged], utcnow()
-        )
+        await record.touch_items(ctx.sessions, [by_key[i.key].id for i in plan.unchanged], utcnow())
         for item in plan.deleted:
-            await delete_chunks(ctx.index, item.id, 0, max(item.chunk_high_water, item.chunks_count))
+            await delete_chunks(
+                ctx.index, item.id, 0, max(item.chunk_high_water, item.chunks_count)
+            )
             await record.delete_item(ctx.sessions, item.id)
             if progress:
                 progress("deleted", item, "")
@@ -137,7 +141,12 @@ async def index_item(
     try:
         vectors = await embed_chunks(ctx.embedder, chunks)
         await index_chunks(
-            ctx.index, item_id, info, chunks, vectors, extra,
+            ctx.index,
+            item_id,
+            info,
+            chunks,
+            vectors,
+            extra,
             max(item.chunk_high_water, item.chunks_count),
         )
     except RagError as exc:

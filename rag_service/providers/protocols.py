@@ -56,8 +56,8 @@ class IndexSpec:
 
 @runtime_checkable
 class ObjectSource(Protocol):
-    async def list_objects(self) -> AsyncIterator[ObjectInfo]:
-        """Every object under the source's prefix that its globs admit."""
+    def list_objects(self) -> AsyncIterator[ObjectInfo]:
+        """Every object under the source's prefix that its globs admit (an async generator)."""
         ...
 
     async def fetch(self, key: str, max_bytes: int) -> bytes:
@@ -141,9 +141,7 @@ class VectorIndex(Protocol):
         """Stored chunks by id (score 1.0), missing ids left out."""
         ...
 
-    async def query(
-        self, vector: Vector, top_k: int, filter: Filter | None = None
-    ) -> list[Match]:
+    async def query(self, vector: Vector, top_k: int, filter: Filter | None = None) -> list[Match]:
         """Exact cosine top-k, best first."""
         ...
 

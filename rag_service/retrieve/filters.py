@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from rag_service.errors import InvalidRequest
 
@@ -17,6 +20,9 @@ COMPARISON_TYPES = ("eq", "ne", "gt", "gte", "lt", "lte")
 COMPOUND_TYPES = ("and", "or")
 AUTORAG_TYPES = COMPARISON_TYPES + COMPOUND_TYPES
 _MISSING = object()
+MISSING, NULL, BOOL, NUM, STR, OTHER = range(6)
+_RANGE = {"$lt": np.less, "$lte": np.less_equal, "$gt": np.greater, "$gte": np.greater_equal}
+BoolArray = npt.NDArray[np.bool_]
 
 
 def _is_scalar(v: object) -> bool:
@@ -58,7 +64,7 @@ def _check_value(field: str, op: str, v: object) -> Any:
 
 
 def validate_filter(f: object) -> NormFilter:
-    """Normalise a Vectorize filter map to `{field: {op: value}}`; InvalidRequest says what to fix."""
+    """Normalise a Vectorize map to `{field: {op: value}}`; InvalidRequest says what to fix."""
     if not isinstance(f, Mapping):
         raise InvalidRequest("filter must be an object mapping field names to conditions")
     out: NormFilter = {}
@@ -128,34 +134,46 @@ def autorag_to_vectorize(obj: object) -> NormFilter:
     return validate_filter(out)
 
 
+def _looks_autorag(obj: Mapping[str, Any]) -> bool:
+    kind = obj.get("type")
+    if kind in AUTORAG_TYPES:
+        return True
+    shaped = "filters" in obj or ("key" in obj and "value" in obj)
+    return isinstance(kind, str) and shaped and set(obj) <= {"type", "key", "value", "filters"}
+
+
 def parse_filter(obj: object) -> NormFilter | None:
-    """Accept None, an AutoRAG filter object or a Vectorize map; return the normalised map."""
+    """Accept None, an AutoRAG filter object or a Vectorize map; return the normalised map.
+
+    AutoRAG syntax is recognised by a known `type`, or by the shape `{type, key, value}` /
+    `{type, filters}` (so an unknown type like "like" is reported, not read as field names).
+    """
     if obj is None:
         return None
-    if isinstance(obj, Mapping) and obj.get("type") in AUTORAG_TYPES:
+    if isinstance(obj, Mapping) and _looks_autorag(obj):
         return autorag_to_vectorize(obj)
     return validate_filter(obj)
 
 
-def _kind(v: object) -> int:
-    """Type class for comparisons: 0 null, 1 bool, 2 number, 3 string, -1 other."""
+def value_kind(v: object) -> int:
+    """Type class of a metadata value; values compare only within one class."""
     if v is None:
-        return 0
+        return NULL
     if isinstance(v, bool):
-        return 1
+        return BOOL
     if isinstance(v, int | float):
-        return 2
-    return 3 if isinstance(v, str) else -1
+        return NUM
+    return STR if isinstance(v, str) else OTHER
 
 
 def _eq(have: object, want: object) -> bool:
-    k = _kind(have)
-    return k >= 0 and k == _kind(want) and have == want
+    k = value_kind(have)
+    return k != OTHER and k == value_kind(want) and have == want
 
 
 def _cmp(have: object, op: str, want: object) -> bool:
-    k = _kind(have)
-    if k not in (2, 3) or k != _kind(want):
+    k = value_kind(have)
+    if k not in (NUM, STR) or k != value_kind(want):
         return False
     a: Any = have
     if op == "$lt":
@@ -188,3 +206,85 @@ def matches(metadata: Mapping[str, Any], f: NormFilter) -> bool:
         for field, ops in f.items()
         for op, want in ops.items()
     )
+
+
+class Column:
+    """One metadata field over many rows as typed arrays, for a vectorised `matches`.
+
+    Strings are dictionary-coded (`code` indexes `vocab`), so a range op costs one Python
+    comparison per distinct string plus a numpy gather.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.kind = np.full(cap, MISSING, np.int8)
+        self.num = np.zeros(cap, np.float64)
+        self.code = np.full(cap, -1, np.int64)
+        self.vocab: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def _code(self, s: str) -> int:
+        c = self._codes.get(s)
+        if c is None:
+            c = self._codes[s] = len(self.vocab)
+            self.vocab.append(s)
+        return c
+
+    def grow(self, cap: int) -> None:
+        extra = cap - len(self.kind)
+        self.kind = np.concatenate([self.kind, np.full(extra, MISSING, np.int8)])
+        self.num = np.concatenate([self.num, np.zeros(extra, np.float64)])
+        self.code = np.concatenate([self.code, np.full(extra, -1, np.int64)])
+
+    def set(self, pos: int, v: Any, kind: int) -> None:
+        self.kind[pos] = kind
+        self.num[pos] = float(v) if kind in (BOOL, NUM) else 0.0
+        self.code[pos] = self._code(v) if kind == STR else -1
+
+    def set_many(self, pos: npt.NDArray[np.int64], kinds: list[int], values: Sequence[Any]) -> None:
+        k = np.array(kinds, np.int8)
+        self.kind[pos] = k
+        numeric = np.flatnonzero((k == BOOL) | (k == NUM))
+        self.num[pos[numeric]] = [float(values[i]) for i in numeric.tolist()]
+        strings = np.flatnonzero(k == STR)
+        self.code[pos[strings]] = [self._code(values[i]) for i in strings.tolist()]
+
+    def move(self, src: int, dst: int) -> None:
+        self.kind[dst] = self.kind[src]
+        self.num[dst] = self.num[src]
+        self.code[dst] = self.code[src]
+
+    def _compact(self, n: int) -> None:
+        live, self.code[:n] = np.unique(self.code[:n], return_inverse=True)
+        self.code[:n] -= int(len(live) > 0 and live[0] < 0)
+        self.code[n:] = -1  # rows past n are unused until `set` again
+        self.vocab = [self.vocab[c] for c in live.tolist() if c >= 0]
+        self._codes = {v: i for i, v in enumerate(self.vocab)}
+
+    def _eq(self, want: Any, n: int) -> BoolArray:
+        k = value_kind(want)
+        if k == STR:
+            c = self._codes.get(want, -2)
+            return np.asarray(self.code[:n] == c, dtype=np.bool_)
+        if k == NULL:
+            return np.asarray(self.kind[:n] == NULL, dtype=np.bool_)
+        return np.asarray((self.kind[:n] == k) & (self.num[:n] == want), dtype=np.bool_)
+
+    def eval(self, op: str, want: Any, n: int) -> BoolArray:
+        """The rows `0..n-1` for which `field op want` holds, as `matches` defines it."""
+        if op in EQ_OPS:
+            m = self._eq(want, n)
+            return m if op == "$eq" else ~m
+        if op in SET_OPS:
+            m = np.zeros(n, bool)
+            for w in want:
+                m |= self._eq(w, n)
+            return m if op == "$in" else ~m
+        k = value_kind(want)
+        if k == NUM:
+            return np.asarray((self.kind[:n] == NUM) & _RANGE[op](self.num[:n], want), np.bool_)
+        if k != STR:
+            return np.zeros(n, bool)
+        if len(self.vocab) > 2 * n + 1024:
+            self._compact(n)
+        lut = np.array([_cmp(v, op, want) for v in self.vocab] + [False], dtype=np.bool_)
+        return lut[self.code[:n]]

@@ -1,4 +1,4 @@
-"""Grounded generation: system prompt + retrieved chunks fitted by token count -> streamed answer."""
+"""Grounded generation: prompt + chunks fitted by token count -> streamed answer."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ DEFAULT_SYSTEM_PROMPT = (
     "below. Cite the file names you used. If the documents do not contain the answer, say that "
     "you could not find it in the documents; do not make anything up."
 )
-NO_CONTEXT = "No document matched the question. Say that you could not find an answer in the documents."
+NO_CONTEXT = (
+    "No document matched the question. Say that you could not find an answer in the documents."
+)
 
 
 @dataclass
@@ -27,7 +29,7 @@ class Prompt:
 def _context_message(chunks: Sequence[ScoredChunk]) -> str:
     if not chunks:
         return NO_CONTEXT
-    parts = [f"<document file=\"{c.key}\">\n{c.text}\n</document>" for c in chunks]
+    parts = [f'<document file="{c.key}">\n{c.text}\n</document>' for c in chunks]
     return "Documents:\n" + "\n\n".join(parts)
 
 

@@ -61,8 +61,9 @@ class ScoredChunk:
 
 
 def _from_match(m: Match) -> ScoredChunk:
-    return ScoredChunk(id=m.id, text=str(m.metadata.get("text", "")), score=m.score,
-                       metadata=m.metadata)
+    return ScoredChunk(
+        id=m.id, text=str(m.metadata.get("text", "")), score=m.score, metadata=m.metadata
+    )
 
 
 def fuse(

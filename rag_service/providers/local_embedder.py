@@ -1,0 +1,142 @@
+"""In-process text embeddings with transformers: explicit CLS or mean pooling, L2-normalised."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from transformers import AutoModel, AutoTokenizer
+
+from rag_service.config import BGE_QUERY_INSTRUCTION, DEFAULT_EMBEDDING_MODEL
+from rag_service.errors import BackendError
+from rag_service.providers.local_models import resolve_embedding_model, torch_threads
+from rag_service.providers.protocols import Pooling, Vector
+
+_MAX_TOKENS_CAP = 512
+
+
+def default_pooling(model: str) -> Pooling:
+    """BGE models are trained for their CLS token; sentence-transformers ones for the mean."""
+    return "cls" if "bge" in model.lower() else "mean"
+
+
+def default_query_instruction(model: str) -> str:
+    """BGE's retrieval instruction for its English models (`bge-*-en*`), none otherwise."""
+    return BGE_QUERY_INSTRUCTION if re.search(r"bge.*-en\b", model.lower()) else ""
+
+
+def _sentence_bert_max_seq_length(path: str) -> int | None:
+    """`max_seq_length` of sentence_bert_config.json (a local folder or a cached hub id)."""
+    try:
+        from transformers.utils.hub import cached_file
+
+        found = cached_file(
+            path, "sentence_bert_config.json", _raise_exceptions_for_missing_entries=False
+        )
+        if found is None:
+            return None
+        with open(found, encoding="utf-8") as fh:
+            value = json.load(fh).get("max_seq_length")
+        return int(value) if value else None
+    except Exception:  # no such file, no hub: fall back to the tokenizer's limit
+        return None
+
+
+class LocalEmbedder:
+    """An `Embedder` running a Hugging Face encoder on CPU (loaded in the constructor)."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_EMBEDDING_MODEL,
+        pooling: Pooling | None = None,
+        query_instruction: str | None = None,
+        batch_size: int = 32,
+        max_tokens: int | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        self.model_id = model
+        self.pooling: Pooling = pooling or default_pooling(model)
+        if self.pooling not in ("cls", "mean"):
+            raise BackendError(f"unknown pooling {self.pooling!r}: use 'cls' or 'mean'")
+        self.query_instruction = (
+            default_query_instruction(model) if query_instruction is None else query_instruction
+        )
+        self.batch_size = max(1, batch_size)
+        self.device = torch.device(device)
+        self.threads = max(1, threads or torch_threads())  # torch's setting is per thread
+        path = resolve_embedding_model(model)
+        try:
+            self.tokenizer: Any = AutoTokenizer.from_pretrained(path)  # public: for the chunker
+            self.model: Any = AutoModel.from_pretrained(path, dtype=torch.float32)
+        except Exception as exc:
+            raise BackendError(f"cannot load embedding model {model!r}: {exc}") from exc
+        self.model.to(self.device).eval()
+        # HF fast tokenizers reconfigure their Rust backend on every call: the chunker and the
+        # batches get their own copies, and counting a bare backend with no padding/truncation.
+        self._batch_tokenizer: Any = copy.deepcopy(self.tokenizer)
+        self._counter = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        self._counter.no_padding()
+        self._counter.no_truncation()
+        self.dimensions: int = int(self.model.config.hidden_size)
+        if max_tokens is None:
+            limit = int(min(self.tokenizer.model_max_length, _MAX_TOKENS_CAP))
+            max_tokens = _sentence_bert_max_seq_length(path) or limit
+        self.max_tokens: int = max_tokens
+        self._lock = asyncio.Lock()  # queue callers without tying up worker threads
+        self._torch_lock = threading.Lock()  # one forward pass at a time, even if cancelled
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of the model's tokenizer, without special tokens."""
+        return len(self._counter.encode(text, add_special_tokens=False).ids)
+
+    async def embed_documents(self, texts: Sequence[str]) -> Vector:
+        """One unit vector per text, float32, shape (n, dimensions)."""
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        async with self._lock:
+            return await asyncio.to_thread(self._embed, list(texts))
+
+    async def embed_query(self, text: str) -> Vector:
+        """The query's unit vector, shape (dimensions,), with the query instruction prepended."""
+        vectors = await self.embed_documents([self.query_instruction + text])
+        query: Vector = vectors[0]
+        return query
+
+    def _embed(self, texts: list[str]) -> Vector:
+        """Longest texts first so each batch pads little; rows are put back in input order."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        out: Vector = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        with self._torch_lock, torch.inference_mode():
+            torch.set_num_threads(self.threads)
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self._batch_tokenizer(
+                    [texts[i] for i in rows],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_tokens,
+                    return_tensors="pt",
+                ).to(self.device)
+                try:
+                    hidden = self.model(**batch).last_hidden_state
+                except RuntimeError as exc:
+                    raise BackendError(f"embedding with {self.model_id!r} failed: {exc}") from exc
+                out[rows] = self._pool(hidden, batch["attention_mask"]).cpu().numpy()
+        return out
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), p=2.0, dim=1)

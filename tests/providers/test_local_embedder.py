@@ -1,0 +1,125 @@
+"""LocalEmbedder with the shipped all-MiniLM-L6-v2: pooling, normalisation, batching, queries."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from rag_service.config import DEFAULT_EMBEDDING_MODEL
+from rag_service.providers.local_embedder import (
+    LocalEmbedder,
+    default_pooling,
+    default_query_instruction,
+)
+from rag_service.providers.local_models import minilm_path, resolve_embedding_model
+from rag_service.providers.protocols import Embedder
+
+TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
+
+
+@pytest.fixture(scope="module")
+def mean() -> LocalEmbedder:
+    return LocalEmbedder(DEFAULT_EMBEDDING_MODEL, pooling="mean")
+
+
+@pytest.fixture(scope="module")
+def cls() -> LocalEmbedder:
+    return LocalEmbedder(DEFAULT_EMBEDDING_MODEL, pooling="cls")
+
+
+@pytest.fixture(scope="module")
+def reference() -> torch.Tensor:
+    """Last hidden state of TEXT computed with transformers directly."""
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    model = AutoModel.from_pretrained(minilm_path()).eval()
+    with torch.inference_mode():
+        hidden: torch.Tensor = model(**tokenizer([TEXT], return_tensors="pt")).last_hidden_state
+    return hidden[0]
+
+
+def test_attributes_and_defaults(mean: LocalEmbedder) -> None:
+    assert isinstance(mean, Embedder)
+    assert resolve_embedding_model(DEFAULT_EMBEDDING_MODEL) == str(minilm_path())
+    assert resolve_embedding_model("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
+    assert mean.model_id == DEFAULT_EMBEDDING_MODEL  # the logical name, not the folder
+    assert (mean.dimensions, mean.max_tokens, mean.query_instruction) == (384, 256, "")
+    assert default_pooling("BAAI/bge-base-en-v1.5") == "cls"
+    assert default_pooling(DEFAULT_EMBEDDING_MODEL) == "mean"
+    assert default_query_instruction("BAAI/bge-small-en-v1.5").startswith("Represent this")
+    assert default_query_instruction("BAAI/bge-m3") == ""
+    assert default_query_instruction(DEFAULT_EMBEDDING_MODEL) == ""
+
+
+def test_count_tokens(mean: LocalEmbedder) -> None:
+    assert mean.count_tokens("hello world") == 2  # no [CLS]/[SEP]
+    assert mean.count_tokens("word " * 1000) == 1000  # no truncation, no padding
+    assert mean.count_tokens(TEXT) == len(mean.tokenizer.tokenize(TEXT))
+
+
+async def test_cls_and_mean_pooling_match_a_direct_computation(
+    mean: LocalEmbedder, cls: LocalEmbedder, reference: torch.Tensor
+) -> None:
+    got_cls = (await cls.embed_documents([TEXT]))[0]
+    got_mean = (await mean.embed_documents([TEXT]))[0]
+    want_cls = torch.nn.functional.normalize(reference[0], dim=0).numpy()
+    want_mean = torch.nn.functional.normalize(reference.mean(dim=0), dim=0).numpy()
+    np.testing.assert_allclose(got_cls, want_cls, atol=1e-5)
+    np.testing.assert_allclose(got_mean, want_mean, atol=1e-5)
+    assert float(got_cls @ got_mean) < 0.99
+
+
+async def test_mean_pooling_matches_sentence_transformers(mean: LocalEmbedder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = [TEXT, "short", "A longer passage about baking sourdough bread at home. " * 8]
+    st = SentenceTransformer(str(minilm_path()), device="cpu")
+    want = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(await mean.embed_documents(texts), want, atol=1e-4)
+
+
+async def test_unit_norm_and_batching_does_not_change_results(mean: LocalEmbedder) -> None:
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
+    texts = [" ".join(words[: 1 + i % 9]) * (1 + i % 7) for i in range(50)]
+    together = await mean.embed_documents(texts)
+    assert together.shape == (50, 384) and together.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    alone = np.stack([(await mean.embed_documents([t]))[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    empty = await mean.embed_documents([])
+    assert empty.shape == (0, 384) and empty.dtype == np.float32
+
+
+async def test_truncation_at_max_tokens(mean: LocalEmbedder) -> None:
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "dog", "ran"] * 200
+    long, cut = " ".join(words), " ".join(words[:254])
+    assert mean.count_tokens(long) == len(words)  # one token each
+    a, b = await mean.embed_documents([long, cut])  # 254 + [CLS] + [SEP] = 256
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+async def test_query_instruction_is_prepended(mean: LocalEmbedder) -> None:
+    instruction = "Represent this sentence for searching relevant passages: "
+    bge_like = LocalEmbedder(DEFAULT_EMBEDDING_MODEL, query_instruction=instruction)
+    query = await bge_like.embed_query("x")
+    assert query.shape == (384,)
+    np.testing.assert_allclose(query, (await mean.embed_documents([instruction + "x"]))[0])
+    assert not np.allclose(await mean.embed_query("x"), query)
+
+
+async def test_semantic_sanity(mean: LocalEmbedder) -> None:
+    query = await mean.embed_query("How do I bake bread?")
+    bread, tax = await mean.embed_documents(
+        [
+            "Mix flour, water, yeast and salt, knead the dough, let it rise, then bake it.",
+            "Corporate income tax law sets the rates and deductions companies must file.",
+        ]
+    )
+    assert float(query @ bread) > float(query @ tax) + 0.2

@@ -1,0 +1,81 @@
+"""`ragd` as a user runs it: real processes, real models, a real folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+RAGD = [sys.executable, "-m", "rag_service.cli"]
+
+
+def ragd(
+    *args: str, data_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [*RAGD, *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=full_env,
+        check=False,
+    )
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "volcanoes.md").write_text(
+        "Olympus Mons on Mars is the tallest volcano in the Solar System, about 22 km high."
+    )
+    (root / "coffee.txt").write_text(
+        "Espresso is brewed by forcing hot water through fine coffee grounds."
+    )
+    (root / "broken.docx").write_text("plain text pretending to be a Word document")
+    return root
+
+
+def test_sync_search_json_and_resync(tmp_path: Path, folder: Path) -> None:
+    data = tmp_path / "data"
+    env = {"RAGD_SOURCE": str(folder)}
+    first = ragd("sync", data_dir=data, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "2 indexed" in first.stderr and "1 errors" in first.stderr
+    assert "broken.docx" in first.stderr and "not a DOCX" in first.stderr
+
+    found = ragd("search", "What is the tallest volcano?", "--json", data_dir=data, env=env)
+    assert found.returncode == 0, found.stderr
+    result = json.loads(found.stdout)  # stdout holds the JSON object and nothing else
+    assert set(result) == {"chunks", "search_query", "query_kind"}
+    assert result["chunks"][0]["item"]["key"] == "volcanoes.md"
+    assert result["chunks"][0]["scoring_details"]["vector_rank"] == 1
+
+    second = ragd("sync", data_dir=data, env=env)
+    assert (
+        second.returncode == 0 and "0 indexed" in second.stderr and "3 unchanged" in second.stderr
+    )
+
+    (folder / "coffee.txt").write_text("Green tea is best brewed below boiling point.")
+    os.utime(folder / "coffee.txt", (time.time() + 5, time.time() + 5))
+    (folder / "volcanoes.md").unlink()
+    third = ragd("sync", data_dir=data, env=env)
+    assert "1 indexed" in third.stderr and "1 deleted" in third.stderr, third.stderr
+    gone = json.loads(
+        ragd("search", "tallest volcano Olympus Mons", "--json", data_dir=data).stdout
+    )
+    assert all(c["item"]["key"] != "volcanoes.md" for c in gone["chunks"])
+
+
+def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
+    out = ragd("sync", "no-such-instance", data_dir=tmp_path / "data")
+    assert out.returncode == 1
+    assert out.stderr.strip() == "error: instance 'no-such-instance' not found"
+    missing = ragd("sync", data_dir=tmp_path / "d2", env={"RAGD_SOURCE": str(tmp_path / "nope")})
+    assert missing.returncode == 1 and "does not exist" in missing.stderr

@@ -1,0 +1,117 @@
+"""The README's first command, end to end: `ragd up` offline on the shipped sample documents."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.serving import free_port
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    data = tmp_path_factory.mktemp("up-data")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAGD_GENERATION_MAX_TOKENS": "48"}
+    env.pop("RAGD_API_TOKENS", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rag_service.cli",
+            "up",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("ragd up did not answer /healthz")
+        token = (data / "api-token").read_text().strip()
+        yield base, token
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+        assert "Traceback" not in out, out
+        assert proc.returncode in (0, -15), out
+
+
+def search(base: str, token: str, query: str) -> dict[str, object]:
+    """The first sync runs in the background at start: wait for it to land."""
+    for _ in range(240):
+        resp = httpx.post(
+            f"{base}/search",
+            json={"query": query},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert resp.status_code == 200, resp.text
+        page: dict[str, object] = resp.json()["result"]
+        if page["data"]:
+            return page
+        time.sleep(0.5)
+    raise AssertionError("the sample documents were never indexed")
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("How hot should the water be for green tea?", "green-tea.txt"),
+        ("How long does bulk fermentation of the dough take?", "sourdough-bread.md"),
+        ("Which planet is the largest?", "solar-system.md"),
+        ("How do I repair a punctured inner tube?", "bicycle-maintenance.html"),
+    ],
+)
+def test_search_finds_the_right_sample_first(
+    service: tuple[str, str], question: str, expected: str
+) -> None:
+    page = search(*service, question)
+    assert page["data"][0]["filename"] == expected  # type: ignore[index]
+
+
+def test_ai_search_streams_before_generation_ends_then_sources(service: tuple[str, str]) -> None:
+    base, token = service
+    search(base, token, "green tea")
+    started = time.monotonic()
+    arrivals: list[tuple[float, str]] = []
+    with httpx.stream(
+        "POST",
+        f"{base}/ai-search",
+        json={"query": "How hot should the water be for green tea?", "stream": True},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+    ) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append((time.monotonic() - started, line[6:]))
+    assert arrivals[-1][1] == "[DONE]"
+    pieces = [(t, json.loads(d)) for t, d in arrivals[:-2]]
+    assert len(pieces) >= 5 and all("response" in p for _, p in pieces)
+    assert "".join(p["response"] for _, p in pieces).strip()
+    first_piece, sources_at = pieces[0][0], arrivals[-2][0]
+    assert first_piece < sources_at - 0.3, (first_piece, sources_at)  # streamed, not buffered
+    sources = json.loads(arrivals[-2][1])
+    assert sources["object"] == "vector_store.search_results.page"
+    assert sources["data"][0]["filename"] == "green-tea.txt"
