@@ -196,7 +196,7 @@ def main() -> None:
     vecs, texts, vocab = corpus(args.n, args.dim)
     queries = np.random.default_rng(2).normal(size=(args.queries, args.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    root = Path(tempfile.mkdtemp(prefix="index-choice-"))
+    root, load_before = Path(tempfile.mkdtemp(prefix="index-choice-")), os.getloadavg()[0]
     try:
         rows = [bench_numpy(vecs, queries)]
         rows += asyncio.run(bench_local(vecs, texts, vocab, queries, root))
@@ -212,6 +212,7 @@ def main() -> None:
         "numpy": np.__version__,
         "sqlite": __import__("sqlite3").sqlite_version,
         "lancedb": __import__("lancedb").__version__ if lance else None,
+        "loadavg_before_after": [load_before, os.getloadavg()[0]],
     }
     params = {"n": args.n, "dim": args.dim, "queries": args.queries}
     print(f"N={args.n} dim={args.dim} queries={args.queries} on {machine}")

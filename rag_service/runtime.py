@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ from rag_service.retrieve.search import RetrievalOptions, ScoredChunk, search
 
 SAMPLE_DOCS = Path(__file__).resolve().parent / "sample_docs"
 DEFAULT_INSTANCE = "default"
+
+
+# transformers' lazy module is not safe to import from two threads at once; loading is.
+_IMPORTS = threading.Lock()
 
 
 def normalise_source(source: str) -> str:
@@ -59,7 +64,9 @@ class Runtime:
         self._generators: dict[str, Generator] = {}
         self._indexes: dict[str, VectorIndex] = {}
         self._sync_locks: dict[str, asyncio.Lock] = {}
-        self._loading = asyncio.Lock()
+        self._loading_embedder = asyncio.Lock()
+        self._loading_generator = asyncio.Lock()
+        self._opening_index = asyncio.Lock()
 
     async def start(self) -> Runtime:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +125,7 @@ class Runtime:
         model = cfg.embedding_model or self.settings.embedding_model
         pooling = cfg.embedding_pooling or self.settings.embedding_pooling
         key = (model, pooling)
-        async with self._loading:
+        async with self._loading_embedder:
             if key not in self._embedders:
                 self._embedders[key] = await asyncio.to_thread(
                     self._embedder_factory, model, pooling
@@ -127,21 +134,23 @@ class Runtime:
 
     async def generator(self, cfg: InstanceConfig) -> Generator:
         name = cfg.ai_search_model or self.settings.generation_model
-        async with self._loading:
+        async with self._loading_generator:
             if name not in self._generators:
                 self._generators[name] = await asyncio.to_thread(self._generator_factory, cfg)
         return self._generators[name]
 
     async def index(self, instance_id: str, cfg: InstanceConfig) -> VectorIndex:
-        if instance_id not in self._indexes:
-            from rag_service.providers.local_index import LocalIndex
+        """One open index per instance per process (a second one would hold stale vectors)."""
+        async with self._opening_index:
+            if instance_id not in self._indexes:
+                from rag_service.providers.local_index import LocalIndex
 
-            embedder = await self.embedder(cfg)
-            spec = IndexSpec(embedder.model_id, embedder.pooling, embedder.dimensions)
-            path = self.settings.instance_dir(instance_id) / "index"
-            self._indexes[instance_id] = await LocalIndex.aopen(
-                path, spec, keyword_tokenizer=cfg.indexing_options.keyword_tokenizer
-            )
+                embedder = await self.embedder(cfg)
+                spec = IndexSpec(embedder.model_id, embedder.pooling, embedder.dimensions)
+                path = self.settings.instance_dir(instance_id) / "index"
+                self._indexes[instance_id] = await LocalIndex.aopen(
+                    path, spec, keyword_tokenizer=cfg.indexing_options.keyword_tokenizer
+                )
         return self._indexes[instance_id]
 
     def source(self, row: Instance, cfg: InstanceConfig) -> ObjectSource:
@@ -152,7 +161,8 @@ class Runtime:
         return FolderSource(Path(row.source), params.prefix, path_filter)
 
     def _local_embedder(self, model: str, pooling: str | None) -> Embedder:
-        from rag_service.providers.local_embedder import LocalEmbedder
+        with _IMPORTS:
+            from rag_service.providers.local_embedder import LocalEmbedder
 
         return LocalEmbedder(
             model,
@@ -170,7 +180,8 @@ class Runtime:
             return OpenAIGenerator(
                 self.settings.generation_url, name, key.get_secret_value() if key else None
             )
-        from rag_service.providers.local_generator import LocalGenerator
+        with _IMPORTS:
+            from rag_service.providers.local_generator import LocalGenerator
 
         return LocalGenerator(name, cache_dir=self.settings.data_dir / "models")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from rag_service.errors import Conflict, RagError
 from rag_service.instances import instance_config, list_instances
@@ -43,15 +44,28 @@ async def warm_default_generator(runtime: Runtime) -> None:
 
 
 async def run_embedded(runtime: Runtime) -> None:
-    """What `ragd up` runs beside the API."""
-    await asyncio.gather(run_scheduler(runtime), warm_default_generator(runtime))
+    """What `ragd up` runs beside the API: the scheduler, and once the first sync is done
+    (search works from then on), the answer model's warm-up."""
+    warm: list[asyncio.Task[None]] = []
+
+    def after_first_tick() -> None:
+        warm.append(asyncio.create_task(warm_default_generator(runtime)))
+
+    await run_scheduler(runtime, after_first_tick=after_first_tick)
 
 
-async def run_scheduler(runtime: Runtime, tick: float = TICK_SECONDS) -> None:
+async def run_scheduler(
+    runtime: Runtime,
+    tick: float = TICK_SECONDS,
+    after_first_tick: Callable[[], None] | None = None,
+) -> None:
     last_run: dict[str, float] = {}
     while True:
         try:
             await sync_due(runtime, last_run, time.monotonic())
         except Exception:  # keep the scheduler alive; the next tick tries again
             log.exception("scheduler tick failed")
+        if after_first_tick is not None:
+            after_first_tick()
+            after_first_tick = None
         await asyncio.sleep(tick)

@@ -93,7 +93,8 @@ def _init_schema(conn: sqlite3.Connection, spec: IndexSpec, tokenizer: str, wher
             conn.execute("UPDATE meta SET value = ? WHERE key = 'keyword_tokenizer'", (tokenizer,))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
 
 
@@ -123,21 +124,25 @@ class LocalIndex:
 
     def __init__(self, path: Path, spec: IndexSpec, tokenizer: KeywordTokenizer) -> None:
         self.path, self.spec, self.keyword_tokenizer = path, spec, tokenizer
-        db = path / DB_NAME
-        self._conn = _connect(db)
-        try:
-            _init_schema(self._conn, spec, tokenizer, path)
-            self._rconn, self._lconn = _connect(db), _connect(db)
-        except BaseException:
-            self._conn.close()
-            raise
         self._wlock = asyncio.Lock()
         self._wmutex = threading.Lock()
         self._state = threading.Lock()
         self._closed = False
         self._cols: dict[str, flt.Column] = {}
         self._rowsort: tuple[IntArray, IntArray] | None = None
-        self._load()
+        db = path / DB_NAME
+        self._conn = _connect(db)
+        conns = [self._conn]
+        try:
+            _init_schema(self._conn, spec, tokenizer, path)
+            conns.append(rconn := _connect(db))
+            conns.append(lconn := _connect(db))
+            self._rconn, self._lconn = rconn, lconn
+            self._load()
+        except BaseException:
+            for c in conns:
+                c.close()
+            raise
 
     @classmethod
     def open(
@@ -186,7 +191,10 @@ class LocalIndex:
     def _vectors(self, vecs: Sequence[Any], names: Sequence[str]) -> npt.NDArray[np.float32]:
         dim, out = self.spec.dimensions, np.empty((len(vecs), self.spec.dimensions))
         for i, (v, name) in enumerate(zip(vecs, names, strict=True)):
-            a = np.asarray(v, dtype=np.float64)
+            try:
+                a = np.asarray(v, dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise InvalidRequest(f"{name}: not a numeric vector") from e
             if a.ndim != 1:
                 raise InvalidRequest(f"{name}: a vector must be one-dimensional")
             if a.shape[0] != dim:

@@ -32,10 +32,13 @@ def test_no_chunk_exceeds_size_in_model_tokens(embedder: LocalEmbedder, size: in
 
 
 def test_overlap_repeats_text_across_boundaries(embedder: LocalEmbedder) -> None:
-    no_overlap = chunk_text(TEXT, embedder, 64, 0)
-    with_overlap = chunk_text(TEXT, embedder, 64, 19)
+    text = " ".join(f"word{n}" for n in range(600))  # one long paragraph: splits at spaces
+    no_overlap = chunk_text(text, embedder, 64, 0)
+    with_overlap = chunk_text(text, embedder, 64, 19)
     assert len(with_overlap) > len(no_overlap)
-    assert sum(map(len, with_overlap)) > sum(map(len, no_overlap))
+    for first, second in zip(with_overlap, with_overlap[1:], strict=False):
+        tail = first.split()[-3:]
+        assert second.split()[:3] != tail and set(tail) <= set(second.split())
 
 
 def test_tokens_not_characters(embedder: LocalEmbedder) -> None:
