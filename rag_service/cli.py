@@ -50,7 +50,8 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 def _quiet_models() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("transformers", "sentence_transformers", "httpx"):
+    os.environ.setdefault("TQDM_DISABLE", "1")  # GGUF conversion draws a bar per tensor
+    for name in ("transformers", "sentence_transformers", "httpx", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

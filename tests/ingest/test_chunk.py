@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from rag_service.ingest.chunk import chunk_text
@@ -21,7 +23,9 @@ TEXT = "\n\n".join(
 
 
 @pytest.mark.parametrize(("size", "overlap"), [(64, 0), (128, 12), (256, 25), (512, 51)])
-def test_no_chunk_exceeds_size_in_model_tokens(embedder: LocalEmbedder, size: int, overlap: int) -> None:
+def test_no_chunk_exceeds_size_in_model_tokens(
+    embedder: LocalEmbedder, size: int, overlap: int
+) -> None:
     chunks = chunk_text(TEXT, embedder, size, overlap)
     counts = [embedder.count_tokens(c) for c in chunks]
     assert max(counts) <= size
@@ -36,7 +40,7 @@ def test_overlap_repeats_text_across_boundaries(embedder: LocalEmbedder) -> None
     no_overlap = chunk_text(text, embedder, 64, 0)
     with_overlap = chunk_text(text, embedder, 64, 19)
     assert len(with_overlap) > len(no_overlap)
-    for first, second in zip(with_overlap, with_overlap[1:], strict=False):
+    for first, second in pairwise(with_overlap):
         tail = first.split()[-3:]
         assert second.split()[:3] != tail and set(tail) <= set(second.split())
 

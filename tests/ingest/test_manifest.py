@@ -13,6 +13,7 @@ from rag_service.models import Item
 from rag_service.retrieve.search import RetrievalOptions
 from rag_service.runtime import Runtime
 
+DOCS = Path(__file__).resolve().parents[3] / "shared" / "data" / "docs"
 ROW = re.compile(r"^\| (?P<file>[\w./-]+) \| [^|]+ \| (?P<expected>[^|]+) \| (?P<find>[^|]+) \|$")
 # What an error message must name, by the manifest's wording.
 PROBLEM = {
@@ -36,9 +37,9 @@ def manifest(docs: Path) -> list[tuple[str, str, str | None]]:
 
 @pytest.fixture(scope="module")
 async def synced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Runtime, dict[str, Item]]:
-    docs = Path(__file__).resolve().parents[3] / "shared" / "data" / "docs"
-    if not docs.is_dir():
+    if not DOCS.is_dir():
         pytest.skip("shared/data/docs is missing")
+    docs = DOCS
     data = tmp_path_factory.mktemp("manifest")
     rt = Runtime(Settings(data_dir=data))
     await rt.start()
@@ -52,8 +53,7 @@ async def synced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Runtime, dic
 
 
 def cases() -> list[tuple[str, str, str | None]]:
-    docs = Path(__file__).resolve().parents[3] / "shared" / "data" / "docs"
-    return manifest(docs) if docs.is_dir() else []
+    return manifest(DOCS) if DOCS.is_dir() else []
 
 
 def test_manifest_parses() -> None:

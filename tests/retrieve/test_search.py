@@ -58,7 +58,9 @@ async def index(tmp_path: Path) -> LocalIndex:
 
 async def test_threshold_and_max_results(index: LocalIndex) -> None:
     emb = HashingEmbedder()
-    all_hits = await search(emb, index, "cats purr", RetrievalOptions("vector", match_threshold=0.0))
+    all_hits = await search(
+        emb, index, "cats purr", RetrievalOptions("vector", match_threshold=0.0)
+    )
     assert all_hits[0].id == "cats:0" and len(all_hits) == 3
     strict = await search(emb, index, "cats purr", RetrievalOptions("vector", match_threshold=0.5))
     assert [c.id for c in strict] == ["cats:0"]
