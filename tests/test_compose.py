@@ -1,0 +1,63 @@
+"""docker-compose.yml is valid against the Compose specification and wired to our settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from rag_service.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    # check-jsonschema ships the Compose specification's own JSON schema (vendor.compose-spec).
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yml"
+    broken.write_text("services:\n  api:\n    imagee: rag-service\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(broken),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 1 and "imagee" in out.stdout
+
+
+def test_services_and_settings_wiring() -> None:
+    doc = yaml.safe_load(COMPOSE.read_text())
+    assert set(doc["services"]) == {"api", "worker", "redis", "postgres", "s3"}
+    known = {f"RAGD_{name.upper()}" for name in Settings.model_fields}
+    for name in ("api", "worker"):
+        env = doc["services"][name]["environment"]
+        assert set(env) <= known, set(env) - known
+        assert env["RAGD_DATABASE_URL"].startswith("postgresql+asyncpg://")
+        assert env["RAGD_REDIS_URL"].startswith("redis://redis:")
+    assert doc["services"]["api"]["command"][:2] == ["ragd", "serve"]
