@@ -18,7 +18,7 @@ from rich.table import Table
 
 from rag_service.config import Settings
 from rag_service.errors import RagError
-from rag_service.models import Instance
+from rag_service.instances import InstanceConfig
 from rag_service.runtime import DEFAULT_INSTANCE, Runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -55,11 +55,12 @@ def _quiet_models() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-async def _instance(rt: Runtime, instance_id: str) -> Instance:
+async def _instance(rt: Runtime, instance_id: str) -> InstanceConfig:
+    """The instance's config; `default` is created on first use."""
     if instance_id == DEFAULT_INSTANCE:
-        return await rt.ensure_default_instance()
-    row, _ = await rt.get_instance(instance_id)
-    return row
+        await rt.ensure_default_instance()
+    _, cfg = await rt.get_instance(instance_id)
+    return cfg
 
 
 @app.command()
@@ -187,11 +188,9 @@ def search(
 
     async def go() -> dict[str, Any]:
         async with Runtime(settings) as rt:
-            await _instance(rt, instance)
-            _, cfg = await rt.get_instance(instance)
-            chunks = await rt.search(
-                instance, query, rt.default_options(cfg, max_num_results=max_results)
-            )
+            cfg = await _instance(rt, instance)
+            opts = rt.default_options(cfg, max_num_results=max_results)
+            chunks = await rt.search(instance, query, opts)
             return aisearch_search_result(query, chunks)
 
     result = _run(go())
@@ -213,19 +212,17 @@ def ask(
     data_dir: DataDir = None,
 ) -> None:
     """Retrieve, then stream a grounded answer and list its sources."""
-    from rag_service.retrieve.generate import build_prompt, generate_answer
+    from rag_service.retrieve.generate import generate_answer
 
     settings = _settings(data_dir)
     _quiet_models()
 
     async def go() -> None:
         async with Runtime(settings) as rt:
-            await _instance(rt, instance)
-            _, cfg = await rt.get_instance(instance)
-            chunks = await rt.search(instance, question, rt.default_options(cfg))
-            generator = await rt.generator(cfg)
+            cfg = await _instance(rt, instance)
+            opts = rt.default_options(cfg)
+            generator, prompt = await rt.answer_prompt(instance, question, opts)
             max_tokens = settings.generation_max_tokens
-            prompt = build_prompt(generator, question, chunks, max_tokens, cfg.system_prompt)
             async for piece in generate_answer(generator, prompt, max_tokens):
                 sys.stdout.write(piece)
                 sys.stdout.flush()

@@ -26,6 +26,7 @@ from rag_service.providers.protocols import (
     ObjectSource,
     VectorIndex,
 )
+from rag_service.retrieve.generate import Prompt, build_prompt
 from rag_service.retrieve.search import RetrievalOptions, ScoredChunk, search
 
 SAMPLE_DOCS = Path(__file__).resolve().parent / "sample_docs"
@@ -213,6 +214,27 @@ class Runtime:
         _, cfg = await self.get_instance(instance_id)
         embedder = await self.embedder(cfg)
         return await search(embedder, await self.index(instance_id, cfg), query, opts)
+
+    async def answer_prompt(
+        self,
+        instance_id: str,
+        query: str,
+        opts: RetrievalOptions,
+        *,
+        model: str | None = None,
+        system_prompt: str | None = None,
+    ) -> tuple[Generator, Prompt]:
+        """Retrieve, then fit the chunks into the answer model's prompt by token count."""
+        _, cfg = await self.get_instance(instance_id)
+        if model:
+            cfg = cfg.model_copy(update={"ai_search_model": model})
+        chunks = await self.search(instance_id, query, opts)
+        generator = await self.generator(cfg)
+        max_tokens = self.settings.generation_max_tokens
+        prompt = build_prompt(
+            generator, query, chunks, max_tokens, system_prompt or cfg.system_prompt
+        )
+        return generator, prompt
 
     def default_options(self, cfg: InstanceConfig, **overrides: Any) -> RetrievalOptions:
         """The instance's retrieval settings with per-request overrides (None = keep)."""

@@ -16,7 +16,7 @@ from rag_service.api.requests import read_json
 from rag_service.api.shapes import legacy_page
 from rag_service.providers.protocols import Usage
 from rag_service.retrieve.filters import parse_filter
-from rag_service.retrieve.generate import build_prompt, generate_answer
+from rag_service.retrieve.generate import generate_answer
 from rag_service.runtime import DEFAULT_INSTANCE, Runtime
 
 
@@ -84,20 +84,21 @@ def _notes(body: LegacySearchRequest) -> list[dict[str, Any]]:
     return notes
 
 
-async def _retrieve(runtime: Runtime, instance_id: str, body: LegacySearchRequest) -> Any:
+async def _options(runtime: Runtime, instance_id: str, body: LegacySearchRequest) -> Any:
     _, cfg = await runtime.get_instance(instance_id)
-    opts = runtime.default_options(
+    return runtime.default_options(
         cfg,
         max_num_results=body.max_num_results,
         match_threshold=body.ranking_options.score_threshold,
         filters=legacy_filter(body.filters),
     )
-    return cfg, await runtime.search(instance_id, body.query, opts)
 
 
 async def legacy_search(runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]) -> Any:
     body = await read_json(request, LegacySearchRequest)
-    _, chunks = await _retrieve(runtime, instance_id, body)
+    chunks = await runtime.search(
+        instance_id, body.query, await _options(runtime, instance_id, body)
+    )
     result = envelope(legacy_page(body.query, chunks))
     result["messages"] = _notes(body)
     return result
@@ -111,13 +112,11 @@ async def legacy_ai_search(
     runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]
 ) -> Any:
     body = await read_json(request, LegacySearchRequest)
-    cfg, chunks = await _retrieve(runtime, instance_id, body)
-    cfg = cfg.model_copy(update={"ai_search_model": body.model}) if body.model else cfg
-    generator = await runtime.generator(cfg)
-    max_tokens = runtime.settings.generation_max_tokens
-    prompt = build_prompt(
-        generator, body.query, chunks, max_tokens, body.system_prompt or cfg.system_prompt
+    opts = await _options(runtime, instance_id, body)
+    generator, prompt = await runtime.answer_prompt(
+        instance_id, body.query, opts, model=body.model, system_prompt=body.system_prompt
     )
+    max_tokens = runtime.settings.generation_max_tokens
     if not body.stream:
         pieces = [p async for p in generate_answer(generator, prompt, max_tokens)]
         result = envelope(legacy_page(body.query, prompt.used, "".join(pieces)))
