@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from rag_service.config import Settings
-from rag_service.errors import RagError
+from rag_service.errors import InvalidRequest, RagError
 from rag_service.instances import InstanceConfig
 from rag_service.runtime import DEFAULT_INSTANCE, Runtime
 
@@ -55,11 +55,16 @@ def _quiet_models() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-async def _instance(rt: Runtime, instance_id: str) -> InstanceConfig:
-    """The instance's config; `default` is created on first use."""
+async def _instance(rt: Runtime, instance_id: str, synced: bool = False) -> InstanceConfig:
+    """The instance's config; `default` is created on first use. `synced`: refuse an instance
+    that was never synced (its index is empty, and an empty answer would mislead)."""
     if instance_id == DEFAULT_INSTANCE:
         await rt.ensure_default_instance()
     _, cfg = await rt.get_instance(instance_id)
+    if synced and not await rt.has_synced(instance_id):
+        raise InvalidRequest(
+            f"instance {instance_id!r} was never synced: run `ragd sync {instance_id}`"
+        )
     return cfg
 
 
@@ -188,7 +193,7 @@ def search(
 
     async def go() -> dict[str, Any]:
         async with Runtime(settings) as rt:
-            cfg = await _instance(rt, instance)
+            cfg = await _instance(rt, instance, synced=True)
             opts = rt.default_options(cfg, max_num_results=max_results)
             chunks = await rt.search(instance, query, opts)
             return aisearch_search_result(query, chunks)
@@ -219,7 +224,7 @@ def ask(
 
     async def go() -> None:
         async with Runtime(settings) as rt:
-            cfg = await _instance(rt, instance)
+            cfg = await _instance(rt, instance, synced=True)
             opts = rt.default_options(cfg)
             generator, prompt = await rt.answer_prompt(instance, question, opts)
             max_tokens = settings.generation_max_tokens

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rag_service import db, instances
@@ -16,7 +17,7 @@ from rag_service.errors import Conflict, InvalidRequest
 from rag_service.ingest.fetch import SizeLimits
 from rag_service.ingest.sync import Progress, SyncContext, SyncResult, run_sync
 from rag_service.instances import InstanceConfig
-from rag_service.models import Instance
+from rag_service.models import Instance, Job
 from rag_service.providers.folder_source import FolderSource
 from rag_service.providers.globs import PathFilter
 from rag_service.providers.protocols import (
@@ -113,6 +114,13 @@ class Runtime:
         async with self.sessions() as session, session.begin():
             row = await instances.get_instance(session, instance_id)
             row.source = normalise_source(source)
+
+    async def has_synced(self, instance_id: str) -> bool:
+        async with self.sessions() as session:
+            job = await session.scalar(
+                select(Job.id).where(Job.instance_id == instance_id).limit(1)
+            )
+            return job is not None
 
     async def get_instance(self, instance_id: str) -> tuple[Instance, InstanceConfig]:
         async with self.sessions() as session:

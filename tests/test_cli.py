@@ -74,6 +74,8 @@ def test_sync_search_json_and_resync(tmp_path: Path, folder: Path) -> None:
 
 
 def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
+    never = ragd("search", "anything", data_dir=tmp_path / "d0")
+    assert never.returncode == 1 and "never synced: run `ragd sync default`" in never.stderr
     out = ragd("sync", "no-such-instance", data_dir=tmp_path / "data")
     assert out.returncode == 1
     assert out.stderr.strip() == "error: instance 'no-such-instance' not found"

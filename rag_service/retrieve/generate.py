@@ -67,8 +67,16 @@ def build_prompt(
     return Prompt(messages(used), used, tokens)
 
 
+NOT_FOUND_ANSWER = "I could not find anything about that in the documents."
+
+
 async def generate_answer(
     generator: Generator, prompt: Prompt, max_tokens: int, usage: Usage | None = None
 ) -> AsyncIterator[str]:
+    """Stream the answer. With no chunk to ground it, the model is not asked at all: small
+    models invent answers even when told that nothing matched."""
+    if not prompt.used:
+        yield NOT_FOUND_ANSWER
+        return
     async for piece in generator.stream(prompt.messages, max_tokens=max_tokens, usage=usage):
         yield piece
