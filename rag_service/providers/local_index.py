@@ -25,6 +25,7 @@ import numpy.typing as npt
 from rag_service.errors import BackendError, IndexMismatch, InvalidRequest
 from rag_service.providers.protocols import Filter, IndexSpec, Match, Vector, VectorRecord
 from rag_service.retrieve import filters as flt
+from rag_service.retrieve.stopwords import content_words
 
 KeywordTokenizer = Literal["porter", "trigram"]
 FORMAT_VERSION = "1"
@@ -410,7 +411,10 @@ class LocalIndex:
         return self._fetch([(self._ids[p], s) for p, s in top])
 
     def _match_expr(self, text: str, mode: str) -> str | None:
-        words = _WORD.findall(text) if self.keyword_tokenizer == "porter" else text.split()
+        if self.keyword_tokenizer == "porter":
+            words = content_words(_WORD.findall(text))
+        else:
+            words = text.split()
         terms = {
             w.casefold(): w for w in words if self.keyword_tokenizer == "porter" or len(w) >= 3
         }

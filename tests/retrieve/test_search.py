@@ -76,3 +76,9 @@ async def test_filters_apply_before_top_k(index: LocalIndex) -> None:
     hits = await search(emb, index, "cats purr", opts)
     assert hits and all(c.key != "cats" for c in hits)
     assert np.isfinite([c.score for c in hits]).all()
+
+
+async def test_keyword_queries_ignore_stopwords_unless_nothing_else(index: LocalIndex) -> None:
+    hits = await index.keyword_query("how and why do birds fly", 10)
+    assert [h.id for h in hits] == ["birds:0"]
+    assert len(await index.keyword_query("and", 10)) == 3
