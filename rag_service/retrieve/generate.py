@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from rag_service.errors import InvalidRequest
@@ -78,5 +78,11 @@ async def generate_answer(
     if not prompt.used:
         yield NOT_FOUND_ANSWER
         return
-    async for piece in generator.stream(prompt.messages, max_tokens=max_tokens, usage=usage):
-        yield piece
+    stream = generator.stream(prompt.messages, max_tokens=max_tokens, usage=usage)
+    try:
+        async for piece in stream:
+            yield piece
+    finally:
+        # A client that hangs up must stop the model, not leave it generating in its thread.
+        if isinstance(stream, AsyncGenerator):
+            await stream.aclose()

@@ -65,7 +65,9 @@ def test_local_attributes_and_count_tokens(local: LocalGenerator) -> None:
 
 
 async def test_local_stream_equals_greedy_generate(local: LocalGenerator) -> None:
+    started = time.perf_counter()
     await local.warm()
+    print(f"\nwarm(): {time.perf_counter() - started:.2f}s")
     usage = Usage()
     pieces, first, end = await collect(local.stream(STORY, max_tokens=12, usage=usage))
     assert len(pieces) >= 3 and first < end
@@ -75,6 +77,7 @@ async def test_local_stream_equals_greedy_generate(local: LocalGenerator) -> Non
     inputs = local.tokenizer.apply_chat_template(
         STORY, add_generation_prompt=True, return_dict=True, return_tensors="pt"
     )
+    torch.set_num_threads(local.threads)  # as the generator does in its own thread
     with torch.inference_mode():
         out = local.model.generate(**inputs, max_new_tokens=12, do_sample=False)
     prompt = inputs["input_ids"].shape[1]

@@ -66,3 +66,30 @@ async def test_answer_streams_in_pieces_with_usage() -> None:
     usage = Usage()
     pieces = [p async for p in generate_answer(gen, prompt, 10, usage)]
     assert len(pieces) == 10 and usage.completion_tokens == 10 and usage.prompt_tokens > 30
+
+
+class Counting(EchoGenerator):
+    closed = False
+
+    async def stream(  # type: ignore[override]
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        usage: Usage | None = None,
+    ) -> AsyncIterator[str]:
+        try:
+            for n in range(max_tokens):
+                yield f"t{n} "
+        finally:
+            Counting.closed = True
+
+
+async def test_a_consumer_that_stops_early_closes_the_model_stream() -> None:
+    gen = Counting()
+    prompt = build_prompt(gen, "q", [chunk(1, 5)], max_tokens=100)
+    answer = generate_answer(gen, prompt, 100)
+    assert await anext(answer) == "t0 "
+    await answer.aclose()
+    assert Counting.closed
