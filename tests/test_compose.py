@@ -14,40 +14,21 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 
 
+def check_compose(path: Path) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema ships the Compose specification's own JSON schema (vendor.compose-spec)."""
+    command = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
+    return subprocess.run([*command, str(path)], capture_output=True, text=True, check=False)
+
+
 def test_compose_file_matches_the_compose_spec() -> None:
-    # check-jsonschema ships the Compose specification's own JSON schema (vendor.compose-spec).
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "check_jsonschema",
-            "--builtin-schema",
-            "vendor.compose-spec",
-            str(COMPOSE),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    out = check_compose(COMPOSE)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_the_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
     broken = tmp_path / "compose.yml"
     broken.write_text("services:\n  api:\n    imagee: rag-service\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "check_jsonschema",
-            "--builtin-schema",
-            "vendor.compose-spec",
-            str(broken),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    out = check_compose(broken)
     assert out.returncode == 1 and "imagee" in out.stdout
 
 
