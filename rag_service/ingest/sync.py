@@ -90,7 +90,7 @@ async def run_sync(
 
         async def one(info: ObjectInfo) -> None:
             async with limit:
-                status, detail = await index_item(ctx, info, by_key.get(info.key), job.id)
+                status, detail = await index_item_safely(ctx, info, job.id)
             counts[status] += 1
             counts["chunks"] += int(detail) if status == "completed" else 0
             if progress:
@@ -114,9 +114,20 @@ async def run_sync(
     return SyncResult(job.id, "completed", reason, counts, time.perf_counter() - started)
 
 
-async def index_item(
-    ctx: SyncContext, info: ObjectInfo, previous: Item | None, job_id: str
-) -> tuple[str, str]:
+async def index_item_safely(ctx: SyncContext, info: ObjectInfo, job_id: str) -> tuple[str, str]:
+    """`index_item`, with a bug or an unforeseen library error confined to the one item."""
+    try:
+        return await index_item(ctx, info, job_id)
+    except Exception as exc:
+        log.exception("indexing %s failed unexpectedly", info.key)
+        message = f"internal error while indexing: {type(exc).__name__}"
+        item = await record.begin_item(ctx.sessions, ctx.instance_id, info, job_id, 0)
+        await record.end_item(ctx.sessions, item.id, info, "error", error=message, retry=True)
+        await record.log_line(ctx.sessions, job_id, f"{info.key}: {message}", record.ERROR)
+        return "error", message
+
+
+async def index_item(ctx: SyncContext, info: ObjectInfo, job_id: str) -> tuple[str, str]:
     """Index one object; returns (status, chunk count or the reason it failed)."""
     item_id = record.item_id_for(ctx.instance_id, info.key)
     cfg = ctx.config

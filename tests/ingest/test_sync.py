@@ -139,3 +139,26 @@ async def test_missing_source_folder_fails_the_job_cleanly(runtime: Runtime, fol
     await runtime.set_source("docs", str(folder / "nope"))
     result = await runtime.sync("docs")
     assert result.status == "failed" and "does not exist" in result.end_reason
+
+
+async def test_an_unexpected_failure_is_confined_to_its_item(
+    runtime: Runtime, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag_service.ingest import sync as sync_module
+
+    real = sync_module.extract_text
+
+    def flaky(key: str, data: bytes) -> str:
+        if key == "space.md":
+            raise RuntimeError("a bug")
+        return real(key, data)
+
+    monkeypatch.setattr(sync_module, "extract_text", flaky)
+    result = await runtime.sync("docs")
+    assert result.status == "completed" and result.counts["completed"] == 2
+    async with runtime.sessions() as session:
+        item = (await session.scalars(select(Item).where(Item.key == "space.md"))).one()
+    assert item.status == "error" and item.error == "internal error while indexing: RuntimeError"
+    monkeypatch.setattr(sync_module, "extract_text", real)
+    again = await runtime.sync("docs")  # retried: its version was not recorded
+    assert again.counts["completed"] == 1
