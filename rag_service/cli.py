@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -134,8 +135,8 @@ def _serve(settings: Settings, host: str, port: int, scheduler: Any, source: str
 def sync(
     instance: Annotated[str, typer.Argument(help="Instance id.")] = DEFAULT_INSTANCE,
     inline: Annotated[
-        bool, typer.Option("--inline", help="Run in this process (the only mode until the worker).")
-    ] = True,
+        bool, typer.Option("--inline", help="Run here instead of on a `ragd worker`.")
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Sync an instance with its source now; exits 0 only when the job completed."""
@@ -153,26 +154,77 @@ def sync(
                 transient=True,
             ) as bar:
                 task = bar.add_task(f"syncing {instance}", total=None)
+                if inline:
+                    result = await _sync_inline(rt, instance, lambda: bar.advance(task))
+                else:
+                    from workers.client import enqueue_sync, item_problems
 
-                def progress(status: str, obj: Any, detail: str) -> None:
-                    bar.advance(task)
-                    key = obj.key
-                    if status in ("error", "skipped"):
-                        err.print(f"  [yellow]{status}[/yellow] {key}: {detail}")
+                    def progress(done: int, planned: int | None) -> None:
+                        bar.update(task, completed=done, total=planned)
 
-                result = await rt.sync(instance, progress=progress)
-            c = result.counts
-            err.print(
-                f"job {result.job_id} {result.status} in {result.seconds:.1f}s: "
-                f"{c['listed']} listed, {c['completed']} indexed ({c['chunks']} chunks), "
-                f"{c['error']} errors, {c['skipped']} skipped, {c['unchanged']} unchanged, "
-                f"{c['deleted']} deleted"
-            )
-            if result.status != "completed":
-                err.print(f"[red]{result.end_reason}[/red]")
-            return 0 if result.status == "completed" else 1
+                    result = await enqueue_sync(rt, instance, progress)
+                    for status, key, reason in await item_problems(rt, result["job_id"]):
+                        err.print(f"  [yellow]{status}[/yellow] {key}: {reason}")
+            return _report(result)
 
     raise typer.Exit(_run(go()))
+
+
+async def _sync_inline(rt: Runtime, instance: str, tick: Any) -> dict[str, Any]:
+    def progress(status: str, obj: Any, detail: str) -> None:
+        tick()
+        if status in ("error", "skipped"):
+            err.print(f"  [yellow]{status}[/yellow] {obj.key}: {detail}")
+
+    result = await rt.sync(instance, progress=progress)
+    return {
+        "job_id": result.job_id,
+        "status": result.status,
+        "end_reason": result.end_reason,
+        "counts": result.counts,
+        "seconds": result.seconds,
+    }
+
+
+def _report(result: dict[str, Any]) -> int:
+    """One summary line; the exit status is 0 only for a completed job."""
+    c = Counter(result["counts"])
+    if result["status"] == "skipped":
+        err.print(f"[yellow]{result['end_reason']}[/yellow]")
+        return 1
+    err.print(
+        f"job {result['job_id']} {result['status']} in {result.get('seconds', 0):.1f}s: "
+        f"{c['listed']} listed, {c['completed']} indexed ({c['chunks']} chunks), "
+        f"{c['error']} errors, {c['skipped']} skipped, {c['unchanged']} unchanged, "
+        f"{c['deleted']} deleted"
+    )
+    if result["status"] != "completed":
+        err.print(f"[red]{result['end_reason']}[/red]")
+    return 0 if result["status"] == "completed" else 1
+
+
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """The ingestion worker (arq on Redis): queued syncs and each instance's schedule."""
+    from workers.worker import build_worker
+
+    settings = _settings(data_dir)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _quiet_models()
+
+    async def go() -> None:
+        w = build_worker(settings, burst=burst)
+        try:
+            await w.main()
+        finally:
+            await w.close()
+
+    _run(go())
 
 
 @app.command()

@@ -197,7 +197,11 @@ class Runtime:
     # Operations
 
     async def sync(
-        self, instance_id: str, job_source: str = "user", progress: Progress | None = None
+        self,
+        instance_id: str,
+        job_source: str = "user",
+        progress: Progress | None = None,
+        job_id: str | None = None,
     ) -> SyncResult:
         """Run one sync now; a second sync of the same instance is refused while one runs."""
         lock = self._sync_locks.setdefault(instance_id, asyncio.Lock())
@@ -214,7 +218,7 @@ class Runtime:
                 sessions=self.sessions,
                 limits=SizeLimits(self.settings.max_file_bytes, self.settings.max_text_file_bytes),
             )
-            return await run_sync(ctx, job_source, progress)
+            return await run_sync(ctx, job_source, progress, job_id)
 
     async def search(
         self, instance_id: str, query: str, opts: RetrievalOptions

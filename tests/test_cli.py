@@ -45,7 +45,7 @@ def folder(tmp_path: Path) -> Path:
 def test_sync_search_json_and_resync(tmp_path: Path, folder: Path) -> None:
     data = tmp_path / "data"
     env = {"RAGD_SOURCE": str(folder)}
-    first = ragd("sync", data_dir=data, env=env)
+    first = ragd("sync", "--inline", data_dir=data, env=env)
     assert first.returncode == 0, first.stderr
     assert "2 indexed" in first.stderr and "1 errors" in first.stderr
     assert "broken.docx" in first.stderr and "not a DOCX" in first.stderr
@@ -57,7 +57,7 @@ def test_sync_search_json_and_resync(tmp_path: Path, folder: Path) -> None:
     assert result["chunks"][0]["item"]["key"] == "volcanoes.md"
     assert result["chunks"][0]["scoring_details"]["vector_rank"] == 1
 
-    second = ragd("sync", data_dir=data, env=env)
+    second = ragd("sync", "--inline", data_dir=data, env=env)
     assert (
         second.returncode == 0 and "0 indexed" in second.stderr and "3 unchanged" in second.stderr
     )
@@ -65,7 +65,7 @@ def test_sync_search_json_and_resync(tmp_path: Path, folder: Path) -> None:
     (folder / "coffee.txt").write_text("Green tea is best brewed below boiling point.")
     os.utime(folder / "coffee.txt", (time.time() + 5, time.time() + 5))
     (folder / "volcanoes.md").unlink()
-    third = ragd("sync", data_dir=data, env=env)
+    third = ragd("sync", "--inline", data_dir=data, env=env)
     assert "1 indexed" in third.stderr and "1 deleted" in third.stderr, third.stderr
     gone = json.loads(
         ragd("search", "tallest volcano Olympus Mons", "--json", data_dir=data).stdout
@@ -74,10 +74,16 @@ def test_sync_search_json_and_resync(tmp_path: Path, folder: Path) -> None:
 
 
 def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
+    no_worker = ragd(
+        "sync", data_dir=tmp_path / "d1", env={"RAGD_REDIS_URL": "redis://127.0.0.1:6379/14"}
+    )
+    assert no_worker.returncode == 1 and "no worker is running" in no_worker.stderr
     never = ragd("search", "anything", data_dir=tmp_path / "d0")
     assert never.returncode == 1 and "never synced: run `ragd sync default`" in never.stderr
-    out = ragd("sync", "no-such-instance", data_dir=tmp_path / "data")
+    out = ragd("sync", "no-such-instance", "--inline", data_dir=tmp_path / "data")
     assert out.returncode == 1
     assert out.stderr.strip() == "error: instance 'no-such-instance' not found"
-    missing = ragd("sync", data_dir=tmp_path / "d2", env={"RAGD_SOURCE": str(tmp_path / "nope")})
+    missing = ragd(
+        "sync", "--inline", data_dir=tmp_path / "d2", env={"RAGD_SOURCE": str(tmp_path / "nope")}
+    )
     assert missing.returncode == 1 and "does not exist" in missing.stderr

@@ -31,11 +31,16 @@ async def load_items(sessions: Sessions, instance_id: str) -> list[Item]:
 
 
 async def start_job(
-    sessions: Sessions, instance_id: str, source: str, description: str | None = None
+    sessions: Sessions,
+    instance_id: str,
+    source: str,
+    description: str | None = None,
+    job_id: str | None = None,
 ) -> Job:
+    """A running job row; `job_id` lets a caller that enqueued the sync follow it."""
     now = utcnow()
     job = Job(
-        id=str(uuid.uuid4()),
+        id=job_id or str(uuid.uuid4()),
         instance_id=instance_id,
         source=source,
         status="running",
@@ -52,6 +57,13 @@ async def log_line(sessions: Sessions, job_id: str, message: str, level: int = I
     async with sessions() as session, session.begin():
         session.add(JobLog(job_id=job_id, message=message, message_type=level))
         await session.execute(update(Job).where(Job.id == job_id).values(last_seen_at=utcnow()))
+
+
+async def set_job_counts(sessions: Sessions, job_id: str, counts: dict[str, Any]) -> None:
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(Job).where(Job.id == job_id).values(counts=counts, last_seen_at=utcnow())
+        )
 
 
 async def finish_job(

@@ -54,11 +54,14 @@ Progress = Callable[[str, ObjectInfo | Item, str], None]
 
 
 async def run_sync(
-    ctx: SyncContext, job_source: str = "user", progress: Progress | None = None
+    ctx: SyncContext,
+    job_source: str = "user",
+    progress: Progress | None = None,
+    job_id: str | None = None,
 ) -> SyncResult:
     """Sync an instance's index with its source; one item's failure never stops the job."""
     started = time.perf_counter()
-    job = await record.start_job(ctx.sessions, ctx.instance_id, job_source)
+    job = await record.start_job(ctx.sessions, ctx.instance_id, job_source, job_id=job_id)
     counts: Counter[str] = Counter()
     try:
         listing = await list_source(ctx.source)
@@ -71,6 +74,7 @@ async def run_sync(
             unchanged=len(plan.unchanged),
             deleted=len(plan.deleted),
         )
+        await record.set_job_counts(ctx.sessions, job.id, dict(counts))
         await record.log_line(
             ctx.sessions,
             job.id,

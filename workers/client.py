@@ -1,0 +1,83 @@
+"""Enqueue a sync for the worker and follow it to its end (what `ragd sync` does by default)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from arq.connections import create_pool
+from arq.jobs import Job as ArqJob
+from arq.jobs import JobStatus
+from sqlalchemy import func, select
+
+from rag_service.errors import BackendError, RagError
+from rag_service.models import Item, Job
+from rag_service.runtime import Runtime
+from workers.worker import QUEUE, deserialize, health_check_key, redis_settings, serialize
+
+FINAL = ("completed", "error", "skipped")
+Progress = Callable[[int, int | None], None]  # (items done, items planned or None)
+
+
+async def enqueue_sync(runtime: Runtime, instance_id: str, progress: Progress) -> dict[str, Any]:
+    """Queue `sync_instance` and wait for its result, reporting item progress from the database."""
+    try:
+        pool = await create_pool(
+            redis_settings(runtime.settings),
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+            default_queue_name=QUEUE,
+        )
+    except Exception as exc:  # redis-py raises several types for an unreachable server
+        raise BackendError(f"cannot reach Redis at the configured RAGD_REDIS_URL: {exc}") from exc
+    try:
+        if not await pool.exists(health_check_key()):
+            raise RagError("no worker is running: start `ragd worker`, or sync here with --inline")
+        job_id = str(uuid.uuid4())
+        queued = await pool.enqueue_job(
+            "sync_instance", instance_id, "user", job_id, _job_id=f"ragd:sync:{job_id}"
+        )
+        assert queued is not None  # a fresh uuid cannot collide
+        return await _follow(runtime, queued, job_id, progress)
+    finally:
+        await pool.aclose()
+
+
+async def _follow(
+    runtime: Runtime, queued: ArqJob, job_id: str, progress: Progress
+) -> dict[str, Any]:
+    while await queued.status() != JobStatus.complete:
+        progress(*await _item_progress(runtime, job_id))
+        await asyncio.sleep(0.5)
+    info = await queued.result_info()
+    if info is None or not info.success:
+        raise BackendError(f"the worker failed the sync: {info.result if info else 'no result'}")
+    result: dict[str, Any] = info.result
+    return result
+
+
+async def _item_progress(runtime: Runtime, job_id: str) -> tuple[int, int | None]:
+    async with runtime.sessions() as session:
+        job = await session.get(Job, job_id)
+        done = await session.scalar(
+            select(func.count()).where(Item.job_id == job_id, Item.status.in_(FINAL))
+        )
+    planned = (
+        None
+        if job is None or "new" not in job.counts
+        else job.counts["new"] + job.counts["changed"]
+    )
+    return int(done or 0), planned
+
+
+async def item_problems(runtime: Runtime, job_id: str) -> list[tuple[str, str, str]]:
+    """(status, key, reason) of the job's items that ended in error or skipped."""
+    async with runtime.sessions() as session:
+        rows = await session.execute(
+            select(Item.status, Item.key, Item.error)
+            .where(Item.job_id == job_id, Item.status.in_(("error", "skipped")))
+            .order_by(Item.key)
+        )
+        return [(s, k, e or "") for s, k, e in rows.all()]

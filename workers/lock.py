@@ -1,0 +1,49 @@
+"""A per-instance Redis lock, renewed while held, so that two syncs of one instance never overlap
+even across workers; it expires on its own when its holder dies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+LOCK_TTL_MS = 60_000
+RENEW_EVERY_S = 20.0
+
+# Delete or extend the lock only while it still holds our token.
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
+
+
+def lock_key(instance_id: str) -> str:
+    return f"ragd:sync-lock:{instance_id}"
+
+
+@contextlib.asynccontextmanager
+async def instance_lock(redis: Any, instance_id: str) -> AsyncIterator[bool]:
+    """Yield True when the lock was taken (and hold it until exit), False when another holds it."""
+    key, token = lock_key(instance_id), secrets.token_hex(16)
+    if not await redis.set(key, token, nx=True, px=LOCK_TTL_MS):
+        yield False
+        return
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY_S)
+            await redis.eval(_RENEW, 1, key, token, LOCK_TTL_MS)
+
+    renewer = asyncio.create_task(renew())
+    try:
+        yield True
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        await redis.eval(_RELEASE, 1, key, token)

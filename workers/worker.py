@@ -1,0 +1,71 @@
+"""The arq worker of `ragd worker`, built from a Settings object (not from import-time state)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from arq import cron
+from arq.connections import RedisSettings
+from arq.worker import Worker
+
+from rag_service.config import Settings
+from rag_service.runtime import Runtime
+from workers.tasks import enqueue_due_syncs, sync_instance
+
+QUEUE = "ragd:queue"
+HEALTH_CHECK_SECONDS = 10
+
+
+def serialize(obj: Any) -> bytes:
+    """Jobs travel as JSON, never pickle: whoever can write to Redis must not run code here."""
+    return json.dumps(obj, default=str).encode()
+
+
+def deserialize(data: bytes) -> Any:
+    return json.loads(data)
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    return RedisSettings.from_dsn(settings.redis_url)
+
+
+def health_check_key() -> str:
+    return f"{QUEUE}:health-check"
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    runtime: Runtime | None = None,
+    handle_signals: bool = True,
+    **options: Any,
+) -> Worker:
+    rt = runtime or Runtime(settings)
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        await rt.start()
+        ctx["runtime"] = rt
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        await rt.close()
+
+    return Worker(
+        functions=[sync_instance],
+        cron_jobs=[cron(enqueue_due_syncs, second={0}, run_at_startup=True)],
+        queue_name=QUEUE,
+        redis_settings=redis_settings(settings),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        burst=burst,
+        max_jobs=4,
+        job_timeout=6 * 3600,
+        max_tries=3,
+        health_check_interval=HEALTH_CHECK_SECONDS,
+        health_check_key=health_check_key(),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        handle_signals=handle_signals,
+        **options,
+    )
