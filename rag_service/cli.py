@@ -137,35 +137,45 @@ def sync(
     inline: Annotated[
         bool, typer.Option("--inline", help="Run here instead of on a `ragd worker`.")
     ] = False,
+    all_instances: Annotated[bool, typer.Option("--all", help="Sync every instance.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Sync an instance with its source now; exits 0 only when the job completed."""
+    """Sync an instance with its source now; exits 0 only when every job completed."""
+    from rag_service.instances import list_instances
+
     settings = _settings(data_dir)
     _quiet_models()
 
+    async def one(rt: Runtime, instance_id: str) -> int:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(f"syncing {instance_id}", total=None)
+            if inline:
+                result = await _sync_inline(rt, instance_id, lambda: bar.advance(task))
+            else:
+                from workers.client import enqueue_sync, item_problems
+
+                def progress(done: int, planned: int | None) -> None:
+                    bar.update(task, completed=done, total=planned)
+
+                result = await enqueue_sync(rt, instance_id, progress)
+                for status, key, reason in await item_problems(rt, result["job_id"]):
+                    err.print(f"  [yellow]{status}[/yellow] {key}: {reason}")
+        return _report(instance_id, result)
+
     async def go() -> int:
         async with Runtime(settings) as rt:
-            await _instance(rt, instance)
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=err,
-                transient=True,
-            ) as bar:
-                task = bar.add_task(f"syncing {instance}", total=None)
-                if inline:
-                    result = await _sync_inline(rt, instance, lambda: bar.advance(task))
-                else:
-                    from workers.client import enqueue_sync, item_problems
-
-                    def progress(done: int, planned: int | None) -> None:
-                        bar.update(task, completed=done, total=planned)
-
-                    result = await enqueue_sync(rt, instance, progress)
-                    for status, key, reason in await item_problems(rt, result["job_id"]):
-                        err.print(f"  [yellow]{status}[/yellow] {key}: {reason}")
-            return _report(result)
+            await _instance(rt, DEFAULT_INSTANCE if all_instances else instance)
+            if not all_instances:
+                return await one(rt, instance)
+            async with rt.sessions() as session:
+                ids = [row.id for row in await list_instances(session)]
+            return max([await one(rt, instance_id) for instance_id in ids], default=0)
 
     raise typer.Exit(_run(go()))
 
@@ -186,14 +196,15 @@ async def _sync_inline(rt: Runtime, instance: str, tick: Any) -> dict[str, Any]:
     }
 
 
-def _report(result: dict[str, Any]) -> int:
+def _report(instance_id: str, result: dict[str, Any]) -> int:
     """One summary line; the exit status is 0 only for a completed job."""
     c = Counter(result["counts"])
     if result["status"] == "skipped":
         err.print(f"[yellow]{result['end_reason']}[/yellow]")
         return 1
     err.print(
-        f"job {result['job_id']} {result['status']} in {result.get('seconds', 0):.1f}s: "
+        f"{instance_id}: job {result['job_id']} {result['status']} in "
+        f"{result.get('seconds', 0):.1f}s: "
         f"{c['listed']} listed, {c['completed']} indexed ({c['chunks']} chunks), "
         f"{c['error']} errors, {c['skipped']} skipped, {c['unchanged']} unchanged, "
         f"{c['deleted']} deleted"

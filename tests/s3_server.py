@@ -8,6 +8,7 @@ with moto_s3() as s3:
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -67,6 +68,18 @@ class MotoS3:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(upload, objects.items()))
 
+    def put_direct(self, bucket: str, objects: Mapping[str, bytes]) -> None:
+        """Bulk-load objects straight into moto's in-process backend (~100x faster than HTTP).
+
+        For large fixtures only: the server runs in this process, so it serves them at once.
+        """
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        for key, body in objects.items():
+            backend.put_object(bucket, key, body)
+
     def make_bucket(self, bucket: str, objects: Mapping[str, ObjectSpec] | None = None) -> None:
         """Create `bucket` (if new) and upload `objects` into it."""
         client = self.client()
@@ -80,15 +93,20 @@ class MotoS3:
         for key in keys:
             client.delete_object(Bucket=bucket, Key=key)
 
+    def reset(self) -> None:
+        """Forget every bucket (moto's state is process-wide, shared by all its servers)."""
+        self._post("/moto-api/reset", b"")
+
     def set_auth(self, enforced: bool) -> None:
         """Make moto check credentials (unknown keys get InvalidAccessKeyId) or accept any.
 
         Process-wide in moto: turn it back off when done.
         """
-        count = b"0" if enforced else b"inf"
-        url = f"{self.endpoint_url}/moto-api/reset-auth"
+        self._post("/moto-api/reset-auth", b"0" if enforced else b"inf")
+
+    def _post(self, path: str, body: bytes) -> None:
         headers = {"Content-Type": "text/plain"}  # a form type would hide the body from moto
-        req = urllib.request.Request(url, count, headers, method="POST")
+        req = urllib.request.Request(self.endpoint_url + path, body, headers, method="POST")
         with urllib.request.urlopen(req, timeout=10) as resp:
             resp.read()
 
@@ -107,9 +125,15 @@ def moto_s3() -> Iterator[MotoS3]:
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     server.start()
+    host, port = server.get_host_and_port()
+    s3 = MotoS3(f"http://{host}:{port}")
     try:
-        host, port = server.get_host_and_port()
-        yield MotoS3(f"http://{host}:{port}")
+        yield s3
     finally:
-        server.stop()
+        try:
+            s3.set_auth(False)
+            s3.reset()
+        finally:
+            server.stop()

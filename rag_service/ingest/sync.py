@@ -61,6 +61,7 @@ async def run_sync(
 ) -> SyncResult:
     """Sync an instance's index with its source; one item's failure never stops the job."""
     started = time.perf_counter()
+    await record.end_interrupted_jobs(ctx.sessions, ctx.instance_id)
     job = await record.start_job(ctx.sessions, ctx.instance_id, job_source, job_id=job_id)
     counts: Counter[str] = Counter()
     try:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    NoCredentialsError,
-)
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from rag_service.errors import InvalidRequest, ObjectTooLarge, SourceError
@@ -28,6 +23,8 @@ HEAD_CONCURRENCY = 8
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]\Z")
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+_CONFIG = Config(signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"},
+                 s3={"addressing_style": "path"}, connect_timeout=10, read_timeout=60)  # fmt: skip
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -38,16 +35,19 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
+def _status(exc: Exception) -> int | None:
+    meta = exc.response.get("ResponseMetadata", {}) if isinstance(exc, ClientError) else {}
+    return cast("int | None", meta.get("HTTPStatusCode"))
+
+
 def read_capped(body: BinaryIO, max_bytes: int) -> bytes:
     """Read a stream in chunks, refusing as soon as it exceeds `max_bytes`."""
-    chunks: list[bytes] = []
-    total = 0
+    data = bytearray()
     while chunk := body.read(CHUNK_BYTES):
-        total += len(chunk)
-        if total > max_bytes:
+        data += chunk
+        if len(data) > max_bytes:
             raise ObjectTooLarge(f"object is larger than the {max_bytes} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return bytes(data)
 
 
 class S3Source:
@@ -71,20 +71,22 @@ class S3Source:
         self.path_filter = path_filter or PathFilter()
         self.with_metadata = with_metadata
         self._secrets = [s for s in (secret_access_key, access_key_id) if s]
-        self.client: Any = client or boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            config=Config(
-                signature_version="s3v4",
-                retries={"max_attempts": 5, "mode": "standard"},
-                s3={"addressing_style": "path"},
-                connect_timeout=10,
-                read_timeout=60,
-            ),
-        )
+        self._client = client
+        self._lock = threading.Lock()
+        self._client_args = dict(endpoint_url=endpoint_url, region_name=region,
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key)  # fmt: skip
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, built on first use (it takes ~0.1 s: in a thread, not the loop)."""
+        with self._lock:
+            if self._client is None:
+                try:
+                    session = boto3.session.Session()
+                    self._client = session.client("s3", config=_CONFIG, **self._client_args)
+                except ValueError as exc:  # a malformed endpoint URL or region
+                    raise SourceError(self._scrub(f"bad S3 settings: {exc}")) from None
+            return self._client
 
     @classmethod
     def for_r2(
@@ -101,23 +103,17 @@ class S3Source:
     ) -> S3Source:
         """A Cloudflare R2 bucket (`jurisdiction` e.g. "eu" for an EU bucket)."""
         host = f"{account_id}.{jurisdiction}" if jurisdiction else account_id
-        return cls(
-            bucket,
-            prefix,
-            path_filter,
-            endpoint_url=f"https://{host}.r2.cloudflarestorage.com",
-            access_key_id=access_key_id,
-            secret_access_key=secret_access_key,
-            region="auto",
-            with_metadata=with_metadata,
-        )
+        endpoint_url = f"https://{host}.r2.cloudflarestorage.com"
+        keys = {"access_key_id": access_key_id, "secret_access_key": secret_access_key}
+        return cls(bucket, prefix, path_filter, endpoint_url=endpoint_url, **keys,
+                   region="auto", with_metadata=with_metadata)  # fmt: skip
 
     def _error(self, exc: Exception, key: str | None = None) -> SourceError:
         """One line naming the problem and the bucket/key; never a credential."""
         where = f"bucket {self.bucket!r}"
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            status = _status(exc)
             if code == "NoSuchBucket":
                 msg = f"{where} does not exist"
             elif key is not None and (code in _MISSING or status == 404):
@@ -132,27 +128,30 @@ class S3Source:
             msg = f"no S3 credentials for {where}: set the S3 access key id and secret"
         else:
             msg = f"S3 request on {where} failed: {type(exc).__name__}"
-        for secret in self._secrets:
-            msg = msg.replace(secret, "***")
-        return SourceError(msg)
+        return SourceError(self._scrub(msg))
+
+    def _scrub(self, msg: str) -> str:
+        for secret in self._secrets:  # real keys are 20+ characters; short ones are test values
+            msg = msg.replace(secret, "***") if len(secret) >= 8 else msg
+        return msg
 
     def _head(self, key: str, missing_ok: bool = False) -> ObjectInfo | None:
         try:
             r = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if missing_ok and exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+        except (ClientError, BotoCoreError) as exc:
+            if missing_ok and _status(exc) == 404:
                 return None  # deleted since the listing: the next sync sees it gone
             raise self._error(exc, key) from exc
-        except BotoCoreError as exc:
-            raise self._error(exc, key) from exc
-        etag, modified = str(r["ETag"]).strip('"'), r["LastModified"].timestamp()
+        etag, modified = r["ETag"].strip('"'), r["LastModified"].timestamp()
         return ObjectInfo(key, etag, int(r["ContentLength"]), modified, dict(r["Metadata"]))
 
     async def head(self, key: str) -> ObjectInfo:
         """The object's listing info plus its custom `x-amz-meta-*` metadata."""
-        info = await asyncio.to_thread(self._head, key)
-        assert info is not None
-        return info
+        return cast(ObjectInfo, await asyncio.to_thread(self._head, key))
+
+    def _pages(self) -> Iterator[dict[str, Any]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        return iter(paginator.paginate(Bucket=self.bucket, Prefix=self.prefix))
 
     def _next_page(self, pages: Iterator[dict[str, Any]]) -> list[ObjectInfo] | None:
         try:
@@ -162,43 +161,37 @@ class S3Source:
         if page is None:
             return None
         return [
-            ObjectInfo(
-                o["Key"], str(o["ETag"]).strip('"'), o["Size"], o["LastModified"].timestamp()
-            )
+            ObjectInfo(o["Key"], o["ETag"].strip('"'), o["Size"], o["LastModified"].timestamp())
             for o in page.get("Contents", [])
             if not o["Key"].endswith("/") and self.path_filter.admits(o["Key"])
         ]
 
     async def list_objects(self) -> AsyncIterator[ObjectInfo]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=self.prefix))
-        loop = asyncio.get_running_loop()
-        pool = ThreadPoolExecutor(HEAD_CONCURRENCY) if self.with_metadata else None
-        try:
-            while (infos := await asyncio.to_thread(self._next_page, pages)) is not None:
-                if pool is not None:
-                    heads = [loop.run_in_executor(pool, self._head, i.key, True) for i in infos]
-                    infos = [i for i in await asyncio.gather(*heads) if i is not None]
-                for info in infos:
+        pages = await asyncio.to_thread(self._pages)
+        while (infos := await asyncio.to_thread(self._next_page, pages)) is not None:
+            for start in range(0, len(infos), HEAD_CONCURRENCY):
+                batch = infos[start : start + HEAD_CONCURRENCY]
+                for info in await self._heads(batch) if self.with_metadata else batch:
                     yield info
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _heads(self, infos: list[ObjectInfo]) -> list[ObjectInfo]:
+        """The infos HEADed (in parallel) for their metadata; objects deleted since are left out."""
+        heads = await asyncio.gather(*(asyncio.to_thread(self._head, i.key, True) for i in infos))
+        return [info for info in heads if info is not None]
 
     def _read(self, key: str, max_bytes: int) -> bytes:
+        body = None
         try:
             r = self.client.get_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
-            raise self._error(exc, key) from exc
-        body = r["Body"]
-        try:
-            if r.get("ContentLength") is not None and r["ContentLength"] > max_bytes:
+            body = r["Body"]
+            if (r.get("ContentLength") or 0) > max_bytes:  # refuse before reading any of it
                 raise ObjectTooLarge(f"object is larger than the {max_bytes} byte limit")
             return read_capped(body, max_bytes)
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, key) from exc
         finally:
-            body.close()
+            if body is not None:
+                body.close()
 
     async def fetch(self, key: str, max_bytes: int) -> bytes:
         return await asyncio.to_thread(self._read, key, max_bytes)

@@ -162,3 +162,13 @@ async def test_an_unexpected_failure_is_confined_to_its_item(
     monkeypatch.setattr(sync_module, "extract_text", real)
     again = await runtime.sync("docs")  # retried: its version was not recorded
     assert again.counts["completed"] == 1
+
+
+async def test_a_job_left_running_by_a_dead_process_is_closed(runtime: Runtime) -> None:
+    from rag_service.ingest import record
+
+    stale = await record.start_job(runtime.sessions, "docs", "schedule")
+    await runtime.sync("docs")
+    async with runtime.sessions() as session:
+        job = await session.get(Job, stale.id)
+    assert job is not None and job.status == "failed" and "interrupted" in (job.end_reason or "")
