@@ -166,8 +166,41 @@ class Runtime:
         params = cfg.source_params
         path_filter = PathFilter(tuple(params.include_items), tuple(params.exclude_items))
         if row.source.startswith("s3://") or cfg.type in ("r2", "s3"):
-            raise InvalidRequest("S3 and R2 sources are not supported yet: use a folder path")
+            return self._s3_source(row.source, cfg, path_filter)
         return FolderSource(Path(row.source), params.prefix, path_filter)
+
+    def _s3_source(self, source: str, cfg: InstanceConfig, path_filter: PathFilter) -> ObjectSource:
+        """`s3://bucket/prefix` on RAGD_S3_ENDPOINT_URL, or an R2 bucket name (AI Search's form)."""
+        from rag_service.providers.s3_source import S3Source, parse_s3_url
+
+        bucket, prefix = parse_s3_url(source) if source.startswith("s3://") else (source, "")
+        prefix = cfg.source_params.prefix or prefix
+        st = self.settings
+        secret = st.s3_secret_access_key.get_secret_value() if st.s3_secret_access_key else None
+        if st.s3_endpoint_url is None and cfg.type == "r2":
+            if not st.cloudflare_account_id:
+                raise InvalidRequest(
+                    "an R2 source needs RAGD_CLOUDFLARE_ACCOUNT_ID or RAGD_S3_ENDPOINT_URL"
+                )
+            return S3Source.for_r2(
+                st.cloudflare_account_id,
+                bucket,
+                prefix,
+                path_filter,
+                access_key_id=st.s3_access_key_id,
+                secret_access_key=secret,
+                with_metadata=bool(cfg.custom_metadata),
+            )
+        return S3Source(
+            bucket,
+            prefix,
+            path_filter,
+            endpoint_url=st.s3_endpoint_url,
+            access_key_id=st.s3_access_key_id,
+            secret_access_key=secret,
+            region=st.s3_region,
+            with_metadata=bool(cfg.custom_metadata),
+        )
 
     def _local_embedder(self, model: str, pooling: str | None) -> Embedder:
         with _IMPORTS:

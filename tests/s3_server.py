@@ -3,6 +3,9 @@
 with moto_s3() as s3:
     s3.make_bucket("docs", {"a.md": b"# A", "b.pdf": (b"%PDF", {"category": "manual"})})
     source = S3Source("docs", **s3.source_kwargs())
+
+moto keeps its state per process, shared by every server it runs: use distinct bucket names
+per test; leaving `moto_s3` resets that state (and turns credential checks back off).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class MotoS3:
     secret_access_key: str = SECRET_ACCESS_KEY
     region: str = REGION
 
-    def source_kwargs(self) -> dict[str, str]:
+    def source_kwargs(self) -> dict[str, Any]:
         """The keyword arguments `S3Source` needs to reach this server."""
         return {
             "endpoint_url": self.endpoint_url,
@@ -73,7 +76,7 @@ class MotoS3:
 
         For large fixtures only: the server runs in this process, so it serves them at once.
         """
-        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.core.models import DEFAULT_ACCOUNT_ID
         from moto.s3.models import s3_backends
 
         backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
@@ -89,6 +92,7 @@ class MotoS3:
             self.put(bucket, objects)
 
     def delete(self, bucket: str, *keys: str) -> None:
+        """Delete objects (to test a sync noticing removals)."""
         client = self.client()
         for key in keys:
             client.delete_object(Bucket=bucket, Key=key)
