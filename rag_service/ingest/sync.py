@@ -13,7 +13,7 @@ from rag_service.errors import NoTextError, RagError
 from rag_service.ingest import record
 from rag_service.ingest.chunk import chunk_text
 from rag_service.ingest.diff import plan_sync
-from rag_service.ingest.embed import embed_chunks
+from rag_service.ingest.embed import EmbedQueue
 from rag_service.ingest.extract import extract_text
 from rag_service.ingest.fetch import SizeLimits, fetch_object
 from rag_service.ingest.index import custom_fields, delete_chunks, index_chunks
@@ -25,7 +25,7 @@ from rag_service.providers.protocols import Embedder, ObjectInfo, ObjectSource, 
 log = logging.getLogger(__name__)
 
 # Extraction runs in threads while the embedder works on another item's chunks.
-ITEM_CONCURRENCY = 4
+ITEM_CONCURRENCY = 32
 
 
 @dataclass
@@ -39,6 +39,11 @@ class SyncContext:
     index: VectorIndex
     sessions: record.Sessions
     limits: SizeLimits
+    embed_queue: EmbedQueue | None = None
+
+    def __post_init__(self) -> None:
+        if self.embed_queue is None:
+            self.embed_queue = EmbedQueue(self.embedder)
 
 
 @dataclass
@@ -155,7 +160,8 @@ async def index_item(ctx: SyncContext, info: ObjectInfo, job_id: str) -> tuple[s
     extra = custom_fields(info, cfg.custom_metadata)
     item = await record.begin_item(ctx.sessions, ctx.instance_id, info, job_id, len(chunks))
     try:
-        vectors = await embed_chunks(ctx.embedder, chunks)
+        assert ctx.embed_queue is not None
+        vectors = await ctx.embed_queue.embed(chunks)
         await index_chunks(
             ctx.index,
             item_id,
