@@ -8,10 +8,13 @@ class RagError(Exception):
 
     status_code = 500
     code = 7000
+    transient = False  # worth retrying later: a timeout, a 5xx, a rate limit, a lost connection
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, transient: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if transient is not None:
+            self.transient = transient
 
 
 class InvalidRequest(RagError):
@@ -69,6 +72,7 @@ class BackendError(RagError):
 class RateLimited(BackendError):
     status_code = 429
     code = 7031
+    transient = True
 
 
 class IndexMismatch(BackendError):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,15 @@ from rag_service import db, instances
 from rag_service.config import Settings
 from rag_service.errors import Conflict, InvalidRequest
 from rag_service.ingest.fetch import SizeLimits
-from rag_service.ingest.sync import Progress, SyncContext, SyncResult, run_sync
+from rag_service.ingest.items import Outcome
+from rag_service.ingest.sync import (
+    Progress,
+    SyncContext,
+    SyncResult,
+    delete_one,
+    index_one,
+    run_sync,
+)
 from rag_service.instances import InstanceConfig
 from rag_service.models import Instance, Job
 from rag_service.providers.folder_source import FolderSource
@@ -237,21 +246,41 @@ class Runtime:
         job_id: str | None = None,
     ) -> SyncResult:
         """Run one sync now; a second sync of the same instance is refused while one runs."""
+        async with self._syncing(instance_id):
+            ctx = await self.sync_context(instance_id)
+            return await run_sync(ctx, job_source, progress, job_id)
+
+    async def index_item(self, instance_id: str, key: str, job_source: str = "user") -> Outcome:
+        """Index one object now, as a job of its own; a vanished object's item is deleted."""
+        async with self._syncing(instance_id):
+            ctx = await self.sync_context(instance_id)
+            return await index_one(ctx, key, job_source)
+
+    async def delete_item(self, instance_id: str, key: str) -> bool:
+        """Drop one item's chunks and row (the object stays in the source); False if unknown."""
+        async with self._syncing(instance_id):
+            ctx = await self.sync_context(instance_id)
+            return await delete_one(ctx, key)
+
+    @contextlib.asynccontextmanager
+    async def _syncing(self, instance_id: str) -> AsyncIterator[None]:
         lock = self._sync_locks.setdefault(instance_id, asyncio.Lock())
         if lock.locked():
             raise Conflict(f"a sync of instance {instance_id!r} is already running")
         async with lock:
-            row, cfg = await self.get_instance(instance_id)
-            ctx = SyncContext(
-                instance_id=instance_id,
-                config=cfg,
-                source=self.source(row, cfg),
-                embedder=await self.embedder(cfg),
-                index=await self.index(instance_id, cfg),
-                sessions=self.sessions,
-                limits=SizeLimits(self.settings.max_file_bytes, self.settings.max_text_file_bytes),
-            )
-            return await run_sync(ctx, job_source, progress, job_id)
+            yield
+
+    async def sync_context(self, instance_id: str) -> SyncContext:
+        row, cfg = await self.get_instance(instance_id)
+        return SyncContext(
+            instance_id=instance_id,
+            config=cfg,
+            source=self.source(row, cfg),
+            embedder=await self.embedder(cfg),
+            index=await self.index(instance_id, cfg),
+            sessions=self.sessions,
+            limits=SizeLimits(self.settings.max_file_bytes, self.settings.max_text_file_bytes),
+        )
 
     async def search(
         self, instance_id: str, query: str, opts: RetrievalOptions
@@ -299,3 +328,14 @@ class Runtime:
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return RetrievalOptions(**base)
+
+    def is_syncing(self, instance_id: str) -> bool:
+        lock = self._sync_locks.get(instance_id)
+        return lock is not None and lock.locked()
+
+    async def drop_index(self, instance_id: str) -> None:
+        """Close and forget an instance's open index (before its files are removed)."""
+        async with self._opening_index:
+            index = self._indexes.pop(instance_id, None)
+        if index is not None:
+            await index.close()

@@ -1,59 +1,49 @@
-"""Stage 6: embed chunks, gathering the chunks of items indexed at the same time into larger
-embedder calls (fewer calls, less padding: the embedder sorts a batch by length)."""
+"""Stage 6: embed the chunks of a window of items in one embedder call (fewer calls, less
+padding: the embedder sorts a batch by length), each item getting its own rows back."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
-import numpy as np
-
+from rag_service.errors import BackendError, RagError
+from rag_service.ingest.retry import retry_transient
 from rag_service.providers.protocols import Embedder, Vector
 
-MAX_BATCH_TEXTS = 256
+
+async def _embed(embedder: Embedder, texts: Sequence[str]) -> Vector:
+    async def call() -> Vector:
+        vectors = await embedder.embed_documents(texts)
+        if vectors.shape != (len(texts), embedder.dimensions):
+            raise BackendError(f"embedder returned shape {vectors.shape} for {len(texts)} texts")
+        return vectors
+
+    return await retry_transient(call, what="embedding")
 
 
-class EmbedQueue:
-    """Callers await their own vectors; one drain task embeds whatever is waiting, together."""
+async def embed_groups(
+    embedder: Embedder, groups: Sequence[Sequence[str]]
+) -> list[Vector | RagError]:
+    """One vector array per group; when the joint call fails, each group is tried on its own so
+    that a failure is confined to the item it belongs to."""
+    texts = [t for group in groups for t in group]
+    if not texts:
+        return []
+    try:
+        vectors = await _embed(embedder, texts)
+    except RagError as exc:
+        if len(groups) == 1:
+            return [exc]
+        return [await _embed_alone(embedder, group) for group in groups]
+    out: list[Vector | RagError] = []
+    start = 0
+    for group in groups:
+        out.append(vectors[start : start + len(group)])
+        start += len(group)
+    return out
 
-    def __init__(self, embedder: Embedder, max_batch: int = MAX_BATCH_TEXTS) -> None:
-        self.embedder = embedder
-        self.max_batch = max_batch
-        self._waiting: list[tuple[Sequence[str], asyncio.Future[Vector]]] = []
-        self._drain: asyncio.Task[None] | None = None
 
-    async def embed(self, texts: Sequence[str]) -> Vector:
-        if not texts:
-            return np.zeros((0, self.embedder.dimensions), dtype=np.float32)
-        future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        self._waiting.append((texts, future))
-        if self._drain is None or self._drain.done():
-            self._drain = asyncio.create_task(self._run())
-        return await future
-
-    async def _run(self) -> None:
-        while self._waiting:
-            batch: list[tuple[Sequence[str], asyncio.Future[Vector]]] = []
-            size = 0
-            while self._waiting and (
-                not batch or size + len(self._waiting[0][0]) <= self.max_batch
-            ):
-                texts, future = self._waiting.pop(0)
-                batch.append((texts, future))
-                size += len(texts)
-            try:
-                vectors = await self.embedder.embed_documents(
-                    [t for texts, _ in batch for t in texts]
-                )
-                if vectors.shape != (size, self.embedder.dimensions):
-                    raise ValueError(f"embedder returned shape {vectors.shape} for {size} texts")
-            except Exception as exc:  # each waiting item fails on its own
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            start = 0
-            for texts, future in batch:
-                if not future.done():
-                    future.set_result(vectors[start : start + len(texts)])
-                start += len(texts)
+async def _embed_alone(embedder: Embedder, texts: Sequence[str]) -> Vector | RagError:
+    try:
+        return await _embed(embedder, texts)
+    except RagError as exc:
+        return exc

@@ -15,6 +15,7 @@ from rag_service.providers.protocols import ObjectInfo
 
 ITEM_NAMESPACE = uuid.UUID("5b0a2f1e-7c1d-4e8a-9a3b-2f6d1c0e4b7a")
 INFO, WARNING, ERROR = 0, 1, 2
+_IN_BATCH = 500  # ids per IN (...) clause
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -28,6 +29,11 @@ async def load_items(sessions: Sessions, instance_id: str) -> list[Item]:
     async with sessions() as session:
         rows = await session.scalars(select(Item).where(Item.instance_id == instance_id))
         return list(rows.all())
+
+
+async def find_item(sessions: Sessions, instance_id: str, key: str) -> Item | None:
+    async with sessions() as session:
+        return await session.get(Item, item_id_for(instance_id, key))
 
 
 async def start_job(
@@ -152,3 +158,22 @@ async def touch_items(sessions: Sessions, item_ids: Sequence[str], seen: datetim
 async def delete_item(sessions: Sessions, item_id: str) -> None:
     async with sessions() as session, session.begin():
         await session.execute(delete(Item).where(Item.id == item_id))
+
+
+async def queue_items(
+    sessions: Sessions, instance_id: str, infos: Sequence[ObjectInfo], job_id: str
+) -> None:
+    """Mark the items a sync is about to index as `queued` (new ones get a row, etag blank)."""
+    for start in range(0, len(infos), _IN_BATCH):
+        ids = [item_id_for(instance_id, info.key) for info in infos[start : start + _IN_BATCH]]
+        async with sessions() as session, session.begin():
+            existing = set((await session.scalars(select(Item.id).where(Item.id.in_(ids)))).all())
+            for item_id, info in zip(ids, infos[start : start + _IN_BATCH], strict=True):
+                if item_id not in existing:
+                    session.add(Item(id=item_id, instance_id=instance_id, key=info.key))
+            await session.flush()
+            await session.execute(
+                update(Item)
+                .where(Item.id.in_(ids))
+                .values(status="queued", error=None, job_id=job_id, last_seen_at=utcnow())
+            )

@@ -1,49 +1,33 @@
-"""A whole sync of one instance: list -> diff -> per item fetch ... index -> record."""
+"""A whole sync of one instance: list -> diff -> index new and changed items a window at a
+time, delete vanished ones -> record the job."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rag_service.errors import NoTextError, RagError
+from rag_service.errors import RagError
 from rag_service.ingest import record
-from rag_service.ingest.chunk import chunk_text
 from rag_service.ingest.diff import plan_sync
-from rag_service.ingest.embed import EmbedQueue
-from rag_service.ingest.extract import extract_text
-from rag_service.ingest.fetch import SizeLimits, fetch_object
-from rag_service.ingest.index import custom_fields, delete_chunks, index_chunks
+from rag_service.ingest.items import (
+    WINDOW,
+    Outcome,
+    Prepared,
+    SyncContext,
+    delete_item,
+    finish_window,
+    index_window,
+    prepare_window,
+)
 from rag_service.ingest.list import list_source
-from rag_service.instances import InstanceConfig
+from rag_service.ingest.retry import retry_transient
 from rag_service.models import Item, utcnow
-from rag_service.providers.protocols import Embedder, ObjectInfo, ObjectSource, VectorIndex
+from rag_service.providers.protocols import ObjectInfo
 
-log = logging.getLogger(__name__)
-
-# Extraction runs in threads while the embedder works on another item's chunks.
-ITEM_CONCURRENCY = 32
-
-
-@dataclass
-class SyncContext:
-    """Everything one sync needs, resolved by the caller (runtime, worker or test)."""
-
-    instance_id: str
-    config: InstanceConfig
-    source: ObjectSource
-    embedder: Embedder
-    index: VectorIndex
-    sessions: record.Sessions
-    limits: SizeLimits
-    embed_queue: EmbedQueue | None = None
-
-    def __post_init__(self) -> None:
-        if self.embed_queue is None:
-            self.embed_queue = EmbedQueue(self.embedder)
+__all__ = ["Progress", "SyncContext", "SyncResult", "delete_one", "index_one", "run_sync"]
 
 
 @dataclass
@@ -70,7 +54,7 @@ async def run_sync(
     job = await record.start_job(ctx.sessions, ctx.instance_id, job_source, job_id=job_id)
     counts: Counter[str] = Counter()
     try:
-        listing = await list_source(ctx.source)
+        listing = await retry_transient(lambda: list_source(ctx.source), what="listing")
         items = await record.load_items(ctx.sessions, ctx.instance_id)
         plan = plan_sync(listing, items)
         counts.update(
@@ -89,24 +73,19 @@ async def run_sync(
         )
         by_key = {item.key: item for item in items}
         await record.touch_items(ctx.sessions, [by_key[i.key].id for i in plan.unchanged], utcnow())
+        await record.queue_items(ctx.sessions, ctx.instance_id, plan.to_index, job.id)
         for item in plan.deleted:
-            await delete_chunks(
-                ctx.index, item.id, 0, max(item.chunk_high_water, item.chunks_count)
-            )
-            await record.delete_item(ctx.sessions, item.id)
+            await delete_item(ctx, item)
             if progress:
                 progress("deleted", item, "")
-        limit = asyncio.Semaphore(ITEM_CONCURRENCY)
 
-        async def one(info: ObjectInfo) -> None:
-            async with limit:
-                status, detail = await index_item_safely(ctx, info, job.id)
-            counts[status] += 1
-            counts["chunks"] += int(detail) if status == "completed" else 0
+        def done(outcome: Outcome) -> None:
+            counts[outcome.status] += 1
+            counts["chunks"] += outcome.chunks
             if progress:
-                progress(status, info, detail)
+                progress(outcome.status, outcome.info, outcome.detail)
 
-        await asyncio.gather(*(one(info) for info in plan.to_index))
+        await index_all(ctx, plan.to_index, job.id, done)
     except RagError as exc:
         reason = f"sync failed: {exc.message}"
         await record.log_line(ctx.sessions, job.id, reason, record.ERROR)
@@ -124,58 +103,63 @@ async def run_sync(
     return SyncResult(job.id, "completed", reason, counts, time.perf_counter() - started)
 
 
-async def index_item_safely(ctx: SyncContext, info: ObjectInfo, job_id: str) -> tuple[str, str]:
-    """`index_item`, with a bug or an unforeseen library error confined to the one item."""
-    try:
-        return await index_item(ctx, info, job_id)
-    except Exception as exc:
-        log.exception("indexing %s failed unexpectedly", info.key)
-        message = f"internal error while indexing: {type(exc).__name__}"
-        item = await record.begin_item(ctx.sessions, ctx.instance_id, info, job_id, 0)
-        await record.end_item(ctx.sessions, item.id, info, "error", error=message, retry=True)
-        await record.log_line(ctx.sessions, job_id, f"{info.key}: {message}", record.ERROR)
-        return "error", message
-
-
-async def index_item(ctx: SyncContext, info: ObjectInfo, job_id: str) -> tuple[str, str]:
-    """Index one object; returns (status, chunk count or the reason it failed)."""
-    item_id = record.item_id_for(ctx.instance_id, info.key)
-    cfg = ctx.config
-    try:
-        data = await fetch_object(ctx.source, info, ctx.limits)
-        text = await asyncio.to_thread(extract_text, info.key, data)
-        size = min(cfg.chunk_size, ctx.embedder.max_tokens - 2)
-        overlap = min(cfg.overlap_tokens, size // 2)
-        chunks = await asyncio.to_thread(chunk_text, text, ctx.embedder, size, overlap)
-        if not chunks:
-            raise NoTextError("no extractable text")
-    except RagError as exc:
-        status = "skipped" if isinstance(exc, NoTextError) else "error"
-        item = await record.begin_item(ctx.sessions, ctx.instance_id, info, job_id, 0)
-        # The object changed into something unreadable: its old text must stop answering.
-        await delete_chunks(ctx.index, item_id, 0, max(item.chunk_high_water, item.chunks_count))
-        await record.end_item(ctx.sessions, item_id, info, status, error=exc.message)
-        await record.log_line(ctx.sessions, job_id, f"{info.key}: {exc.message}", record.WARNING)
-        return status, exc.message
-    extra = custom_fields(info, cfg.custom_metadata)
-    item = await record.begin_item(ctx.sessions, ctx.instance_id, info, job_id, len(chunks))
-    try:
-        assert ctx.embed_queue is not None
-        vectors = await ctx.embed_queue.embed(chunks)
-        await index_chunks(
-            ctx.index,
-            item_id,
-            info,
-            chunks,
-            vectors,
-            extra,
-            max(item.chunk_high_water, item.chunks_count),
-        )
-    except RagError as exc:
-        await record.end_item(ctx.sessions, item_id, info, "error", error=exc.message, retry=True)
-        await record.log_line(ctx.sessions, job_id, f"{info.key}: {exc.message}", record.ERROR)
-        return "error", exc.message
-    await record.end_item(
-        ctx.sessions, item_id, info, "completed", chunks_count=len(chunks), metadata=extra
+async def index_all(
+    ctx: SyncContext, infos: list[ObjectInfo], job_id: str, done: Callable[[Outcome], None]
+) -> None:
+    """Index `infos` window by window; with remote models the next window is fetched and
+    chunked while this one is embedded."""
+    windows = [infos[i : i + WINDOW] for i in range(0, len(infos), WINDOW)]
+    if not windows:
+        return
+    pending: asyncio.Future[Prepared] = asyncio.ensure_future(
+        prepare_window(ctx, windows[0], job_id)
     )
-    return "completed", str(len(chunks))
+    try:
+        for n in range(len(windows)):
+            prepared = await pending
+            following = windows[n + 1] if n + 1 < len(windows) else None
+            if following is not None and ctx.overlap_stages:
+                pending = asyncio.ensure_future(prepare_window(ctx, following, job_id))
+            for outcome in await finish_window(ctx, prepared, job_id):
+                done(outcome)
+            if following is not None and not ctx.overlap_stages:
+                pending = asyncio.ensure_future(prepare_window(ctx, following, job_id))
+    finally:
+        if not pending.done():
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+
+
+async def index_one(ctx: SyncContext, key: str, job_source: str = "user") -> Outcome:
+    """Index one object, recorded as a job of its own; an object gone from the source has its
+    item deleted."""
+    job = await record.start_job(
+        ctx.sessions, ctx.instance_id, job_source, description=f"sync of {key}"
+    )
+    try:
+        info = await retry_transient(lambda: ctx.source.stat(key), what=f"reading {key}")
+        if info is None:
+            await delete_one(ctx, key)
+            outcome = Outcome(ObjectInfo(key, "", 0, 0.0), "deleted", "gone from the source")
+        else:
+            await record.queue_items(ctx.sessions, ctx.instance_id, [info], job.id)
+            [outcome] = await index_window(ctx, [info], job.id)
+    except RagError as exc:
+        await record.finish_job(ctx.sessions, job.id, "failed", exc.message, {})
+        raise
+    except BaseException:
+        await record.finish_job(ctx.sessions, job.id, "failed", "sync crashed", {})
+        raise
+    reason = f"{key}: {outcome.status} ({outcome.detail})"
+    await record.log_line(ctx.sessions, job.id, reason)
+    await record.finish_job(ctx.sessions, job.id, "completed", reason, {outcome.status: 1})
+    return outcome
+
+
+async def delete_one(ctx: SyncContext, key: str) -> bool:
+    """Drop one item's chunks and row; False when the instance has no such item."""
+    item = await record.find_item(ctx.sessions, ctx.instance_id, key)
+    if item is None:
+        return False
+    await delete_item(ctx, item)
+    return True

@@ -28,22 +28,31 @@ class FolderSource:
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                path = Path(dirpath, name)
-                key = path.relative_to(self.root).as_posix()
-                if not key.startswith(self.prefix) or not self.path_filter.admits(key):
-                    continue
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue  # vanished between walk and stat
-                if not path.is_file():
-                    continue
-                # A cheap change signature, as S3's ETag is: size and mtime in nanoseconds.
-                etag = hashlib.md5(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-                found.append(ObjectInfo(key, etag, st.st_size, st.st_mtime))
+                if not name.startswith(".") and (info := self._info(Path(dirpath, name))):
+                    found.append(info)
         return found
+
+    def _info(self, path: Path) -> ObjectInfo | None:
+        """The file's info, or None when it is not admitted, not a file, or gone."""
+        key = path.relative_to(self.root).as_posix()
+        hidden = any(part.startswith(".") for part in key.split("/"))
+        if hidden or not key.startswith(self.prefix) or not self.path_filter.admits(key):
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None  # vanished between walk and stat
+        if not path.is_file():
+            return None
+        # A cheap change signature, as S3's ETag is: size and mtime in nanoseconds.
+        etag = hashlib.md5(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+        return ObjectInfo(key, etag, st.st_size, st.st_mtime)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise SourceError(f"key {key!r} escapes the source folder")
+        return await asyncio.to_thread(self._info, path)
 
     async def list_objects(self) -> AsyncIterator[ObjectInfo]:
         for info in await asyncio.to_thread(self._scan):

@@ -53,6 +53,8 @@ def _sentence_bert_max_seq_length(path: str) -> int | None:
 class LocalEmbedder:
     """An `Embedder` running a Hugging Face encoder on CPU (loaded in the constructor)."""
 
+    in_process = True  # it competes with the pipeline for this machine's cores
+
     def __init__(
         self,
         model: str = DEFAULT_EMBEDDING_MODEL,

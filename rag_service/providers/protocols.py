@@ -64,6 +64,10 @@ class ObjectSource(Protocol):
         """The object's bytes; raises ObjectTooLarge past `max_bytes`, SourceError otherwise."""
         ...
 
+    async def stat(self, key: str) -> ObjectInfo | None:
+        """One object's info as a listing would give it; None when it is gone or not admitted."""
+        ...
+
 
 @runtime_checkable
 class Tokenizer(Protocol):

@@ -24,6 +24,7 @@ CHUNK_BYTES = 64 * 1024
 HEAD_CONCURRENCY = 8
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]\Z")
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError"}
 _CONFIG = Config(signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"},
                  s3={"addressing_style": "path"}, connect_timeout=10, read_timeout=60)  # fmt: skip
 _LOCK = threading.Lock()  # botocore sessions are not thread-safe
@@ -117,6 +118,7 @@ class S3Source:
     def _error(self, exc: Exception, key: str | None = None) -> SourceError:
         """One line naming the problem and the bucket/key; never a credential."""
         where = f"bucket {self.bucket!r}"
+        transient = False
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = _status(exc)
@@ -128,13 +130,15 @@ class S3Source:
                 msg = f"access denied to {where}: check the S3 access key and secret"
             else:
                 msg = f"S3 error {code or status} on {where}" + (f", key {key!r}" if key else "")
+                transient = code in _THROTTLED or (status or 0) >= 500
         elif isinstance(exc, BotoConnectionError | HTTPClientError):
             msg = f"cannot reach the S3 endpoint {self.client.meta.endpoint_url}"
+            transient = True
         elif isinstance(exc, NoCredentialsError):
             msg = f"no S3 credentials for {where}: set the S3 access key id and secret"
         else:
             msg = f"S3 request on {where} failed: {type(exc).__name__}"
-        return SourceError(self._scrub(msg))
+        return SourceError(self._scrub(msg), transient=transient)
 
     def _scrub(self, msg: str) -> str:
         for secret in self._secrets:  # real keys are 20+ characters; short ones are test values
@@ -154,6 +158,11 @@ class S3Source:
     async def head(self, key: str) -> ObjectInfo:
         """The object's listing info plus its custom `x-amz-meta-*` metadata."""
         return cast(ObjectInfo, await asyncio.to_thread(self._head, key))
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        if not key.startswith(self.prefix) or key.endswith("/") or not self.path_filter.admits(key):
+            return None
+        return await asyncio.to_thread(self._head, key, True)
 
     def _pages(self) -> Iterator[dict[str, Any]]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -144,22 +144,22 @@ async def test_missing_source_folder_fails_the_job_cleanly(runtime: Runtime, fol
 async def test_an_unexpected_failure_is_confined_to_its_item(
     runtime: Runtime, folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rag_service.ingest import sync as sync_module
+    from rag_service.ingest import items as items_module
 
-    real = sync_module.extract_text
+    real = items_module.extract_text
 
     def flaky(key: str, data: bytes) -> str:
         if key == "space.md":
             raise RuntimeError("a bug")
         return real(key, data)
 
-    monkeypatch.setattr(sync_module, "extract_text", flaky)
+    monkeypatch.setattr(items_module, "extract_text", flaky)
     result = await runtime.sync("docs")
     assert result.status == "completed" and result.counts["completed"] == 2
     async with runtime.sessions() as session:
         item = (await session.scalars(select(Item).where(Item.key == "space.md"))).one()
     assert item.status == "error" and item.error == "internal error while indexing: RuntimeError"
-    monkeypatch.setattr(sync_module, "extract_text", real)
+    monkeypatch.setattr(items_module, "extract_text", real)
     again = await runtime.sync("docs")  # retried: its version was not recorded
     assert again.counts["completed"] == 1
 
@@ -172,3 +172,78 @@ async def test_a_job_left_running_by_a_dead_process_is_closed(runtime: Runtime) 
     async with runtime.sessions() as session:
         job = await session.get(Job, stale.id)
     assert job is not None and job.status == "failed" and "interrupted" in (job.end_reason or "")
+
+
+async def test_a_source_that_fails_for_a_moment_is_retried(
+    runtime: Runtime, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag_service.errors import SourceError
+    from rag_service.ingest import retry
+    from rag_service.providers.folder_source import FolderSource
+
+    monkeypatch.setattr(retry, "BASE_DELAY_S", 0.001)
+    real, failures = FolderSource.fetch, {"space.md": 2, "animals/dogs.txt": 99}
+
+    async def flaky(self: FolderSource, key: str, max_bytes: int) -> bytes:
+        if failures.get(key, 0) > 0:
+            failures[key] -= 1
+            raise SourceError("S3 error 503", transient=True)
+        return await real(self, key, max_bytes)
+
+    monkeypatch.setattr(FolderSource, "fetch", flaky)
+    result = await runtime.sync("docs")
+    assert result.status == "completed" and result.counts["completed"] == 2
+    async with runtime.sessions() as session:
+        items = {i.key: i for i in (await session.scalars(select(Item))).all()}
+    assert items["space.md"].status == "completed"  # two 503s, then read
+    dogs = items["animals/dogs.txt"]
+    assert dogs.status == "error" and dogs.error == "S3 error 503" and dogs.etag == ""
+    monkeypatch.setattr(FolderSource, "fetch", real)
+    again = await runtime.sync("docs")  # a transient failure is tried again next time
+    assert again.counts["completed"] == 1 and again.counts["unchanged"] == 4
+
+
+async def test_items_are_queued_before_they_are_indexed(runtime: Runtime) -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def statuses() -> dict[str, str]:
+        async with runtime.sessions() as session:
+            return {i.key: i.status for i in (await session.scalars(select(Item))).all()}
+
+    def progress(status: str, info: object, detail: str) -> None:
+        seen.append((status, getattr(info, "key", "")))
+
+    from rag_service.ingest import items as items_module
+
+    real = items_module.prepare_window
+    snapshots: list[dict[str, str]] = []
+
+    async def spy(*args: object, **kwargs: object) -> items_module.Prepared:
+        snapshots.append(await statuses())
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("rag_service.ingest.sync.prepare_window", spy)
+        await runtime.sync("docs", progress=progress)
+    assert set(snapshots[0].values()) == {"queued"} and len(snapshots[0]) == 5
+    assert {s for s, _ in seen} == {"completed", "error", "skipped"}
+
+
+async def test_one_item_is_indexed_or_deleted_on_its_own(runtime: Runtime, folder: Path) -> None:
+    await runtime.sync("docs")
+    write(folder / "space.md", "Neptune is the windiest planet.")
+    outcome = await runtime.index_item("docs", "space.md")
+    assert outcome.status == "completed" and outcome.chunks == 1
+    assert (await top_keys(runtime, "windiest planet", "keyword"))[0] == "space.md"
+    assert await top_keys(runtime, "Saturn rings", "keyword") == []
+    assert await runtime.delete_item("docs", "animals/cats.md")
+    assert "animals/cats.md" not in await top_keys(runtime, "cats purr", "keyword")
+    assert not await runtime.delete_item("docs", "animals/cats.md")
+    (folder / "space.md").unlink()
+    gone = await runtime.index_item("docs", "space.md")
+    assert gone.status == "deleted" and await top_keys(runtime, "windiest", "keyword") == []
+    async with runtime.sessions() as session:
+        keys = {i.key for i in (await session.scalars(select(Item))).all()}
+        jobs = (await session.scalars(select(Job).where(Job.description.is_not(None)))).all()
+    assert keys == {"animals/dogs.txt", "broken.pdf", "empty.md"}
+    assert [j.status for j in jobs] == ["completed", "completed"]

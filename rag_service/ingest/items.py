@@ -1,0 +1,164 @@
+"""Index items a window at a time: fetch -> extract -> chunk each (in threads), embed the
+window's chunks together, then write and record each item. Every outcome is recorded; one
+item's failure never reaches another."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from rag_service.errors import ExtractError, NoTextError, ObjectTooLarge, RagError
+from rag_service.ingest import record
+from rag_service.ingest.chunk import chunk_text
+from rag_service.ingest.embed import embed_groups
+from rag_service.ingest.extract import extract_text
+from rag_service.ingest.fetch import SizeLimits, fetch_object
+from rag_service.ingest.index import custom_fields, delete_chunks, index_chunks
+from rag_service.ingest.retry import retry_transient
+from rag_service.instances import InstanceConfig
+from rag_service.models import Item
+from rag_service.providers.protocols import Embedder, ObjectInfo, ObjectSource, Vector, VectorIndex
+
+log = logging.getLogger(__name__)
+
+# Items prepared together and embedded in one call.
+WINDOW = 32
+
+
+@dataclass
+class SyncContext:
+    """Everything indexing needs, resolved by the caller (runtime, worker or test)."""
+
+    instance_id: str
+    config: InstanceConfig
+    source: ObjectSource
+    embedder: Embedder
+    index: VectorIndex
+    sessions: record.Sessions
+    limits: SizeLimits
+
+    @property
+    def overlap_stages(self) -> bool:
+        """Prepare the next window while this one embeds, unless the model runs on our own
+        CPU: there, concurrent extraction slows the forward passes more than it saves."""
+        return not getattr(self.embedder, "in_process", False)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    info: ObjectInfo
+    status: str  # completed | error | skipped
+    detail: str  # the chunk count, or why the item failed
+
+    @property
+    def chunks(self) -> int:
+        return int(self.detail) if self.status == "completed" else 0
+
+
+@dataclass
+class Prepared:
+    """A window after fetch/extract/chunk: items ready to embed, and those already decided."""
+
+    ready: list[tuple[ObjectInfo, list[str], Item]] = field(default_factory=list)
+    done: list[Outcome] = field(default_factory=list)
+
+
+async def chunks_of(ctx: SyncContext, info: ObjectInfo) -> list[str]:
+    """Fetch, extract and chunk one object; raises RagError saying why it cannot be read."""
+    data = await retry_transient(
+        lambda: fetch_object(ctx.source, info, ctx.limits), what=f"fetching {info.key}"
+    )
+    text = await asyncio.to_thread(extract_text, info.key, data)
+    size = min(ctx.config.chunk_size, ctx.embedder.max_tokens - 2)
+    overlap = min(ctx.config.overlap_tokens, size // 2)
+    chunks = await asyncio.to_thread(chunk_text, text, ctx.embedder, size, overlap)
+    if not chunks:
+        raise NoTextError("no extractable text")
+    return chunks
+
+
+async def prepare_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str) -> Prepared:
+    prepared = Prepared()
+    results = await asyncio.gather(
+        *(chunks_of(ctx, info) for info in infos), return_exceptions=True
+    )
+    for info, result in zip(infos, results, strict=True):
+        if isinstance(result, list):
+            # The high-water mark is recorded before any chunk is written (crash safety).
+            item = await record.begin_item(ctx.sessions, ctx.instance_id, info, job_id, len(result))
+            prepared.ready.append((info, result, item))
+        elif isinstance(result, Exception):
+            prepared.done.append(await _unreadable(ctx, info, job_id, result))
+        else:
+            raise result  # cancellation and the like are not an item's problem
+    return prepared
+
+
+async def finish_window(ctx: SyncContext, prepared: Prepared, job_id: str) -> list[Outcome]:
+    vectors = await embed_groups(ctx.embedder, [chunks for _, chunks, _ in prepared.ready])
+    outcomes = list(prepared.done)
+    for (info, chunks, item), vecs in zip(prepared.ready, vectors, strict=True):
+        outcomes.append(await _write(ctx, info, chunks, item, vecs, job_id))
+    return outcomes
+
+
+async def index_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str) -> list[Outcome]:
+    return await finish_window(ctx, await prepare_window(ctx, infos, job_id), job_id)
+
+
+async def _unreadable(ctx: SyncContext, info: ObjectInfo, job_id: str, exc: Exception) -> Outcome:
+    """Record an item that could not be read; its old text (if any) must stop answering."""
+    if isinstance(exc, RagError):
+        status = "skipped" if isinstance(exc, NoTextError) else "error"
+        # A document that cannot be read keeps its etag (not retried until it changes); a
+        # backend or source failure leaves it blank, so that the next sync tries again.
+        message, retry = exc.message, not isinstance(exc, ExtractError | ObjectTooLarge)
+    else:  # a bug or an unforeseen library error, confined to the one item
+        log.error("indexing %s failed unexpectedly", info.key, exc_info=exc)
+        status, retry = "error", True
+        message = f"internal error while indexing: {type(exc).__name__}"
+    item = await record.begin_item(ctx.sessions, ctx.instance_id, info, job_id, 0)
+    if not retry:
+        await delete_chunks(ctx.index, item.id, 0, _written(item))
+    await record.end_item(ctx.sessions, item.id, info, status, error=message, retry=retry)
+    level = record.WARNING if status == "skipped" else record.ERROR
+    await record.log_line(ctx.sessions, job_id, f"{info.key}: {message}", level)
+    return Outcome(info, status, message)
+
+
+async def _write(
+    ctx: SyncContext,
+    info: ObjectInfo,
+    chunks: list[str],
+    item: Item,
+    vectors: Vector | RagError,
+    job_id: str,
+) -> Outcome:
+    extra = custom_fields(info, ctx.config.custom_metadata)
+    try:
+        if isinstance(vectors, RagError):
+            raise vectors
+        await retry_transient(
+            lambda: index_chunks(ctx.index, item.id, info, chunks, vectors, extra, _written(item)),
+            what=f"indexing {info.key}",
+        )
+    except Exception as exc:
+        return await _unreadable(ctx, info, job_id, exc)
+    await record.end_item(
+        ctx.sessions, item.id, info, "completed", chunks_count=len(chunks), metadata=extra
+    )
+    return Outcome(info, "completed", str(len(chunks)))
+
+
+def _written(item: Item) -> int:
+    """How many chunk ids of the item may exist in the index."""
+    return max(item.chunk_high_water, item.chunks_count)
+
+
+async def delete_item(ctx: SyncContext, item: Item) -> None:
+    """Remove an item's chunks from the index, then its row."""
+    await retry_transient(
+        lambda: delete_chunks(ctx.index, item.id, 0, _written(item)), what=f"deleting {item.key}"
+    )
+    await record.delete_item(ctx.sessions, item.id)
