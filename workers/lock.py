@@ -9,8 +9,9 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-LOCK_TTL_MS = 60_000
-RENEW_EVERY_S = 20.0
+# A holder that dies (kill -9) blocks the instance for at most this long.
+LOCK_TTL_MS = 30_000
+RENEW_EVERY_S = 10.0
 
 # Delete or extend the lock only while it still holds our token.
 _RELEASE = (
@@ -27,12 +28,16 @@ def lock_key(instance_id: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def instance_lock(redis: Any, instance_id: str) -> AsyncIterator[bool]:
-    """Yield True when the lock was taken (and hold it until exit), False when another holds it."""
+async def instance_lock(redis: Any, instance_id: str, wait: float = 0.0) -> AsyncIterator[bool]:
+    """Yield True when the lock was taken within `wait` seconds (and hold it until exit), False
+    when another holder kept it."""
     key, token = lock_key(instance_id), secrets.token_hex(16)
-    if not await redis.set(key, token, nx=True, px=LOCK_TTL_MS):
-        yield False
-        return
+    deadline = asyncio.get_running_loop().time() + wait
+    while not await redis.set(key, token, nx=True, px=LOCK_TTL_MS):
+        if asyncio.get_running_loop().time() >= deadline:
+            yield False
+            return
+        await asyncio.sleep(0.5)
 
     async def renew() -> None:
         while True:

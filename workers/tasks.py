@@ -7,28 +7,55 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from arq import Retry
 from sqlalchemy import func, select
 
+from rag_service.errors import RagError
 from rag_service.instances import instance_config, list_instances
 from rag_service.models import Job
 from rag_service.runtime import Runtime
-from workers.lock import instance_lock
+from workers.lock import LOCK_TTL_MS, instance_lock
 
 log = logging.getLogger("ragd.worker")
+
+MAX_TRIES = 3
+# A user's sync waits this long for the instance's lock: long enough for the lock of a worker
+# killed mid-sync to expire, so that a restart followed by `ragd sync` simply works.
+USER_LOCK_WAIT_S = LOCK_TTL_MS / 1000 + 5
+
+
+def _lock_wait(source: str) -> float:
+    return USER_LOCK_WAIT_S if source == "user" else 0.0
+
+
+def _retry_later(ctx: dict[str, Any], what: str, reason: str) -> None:
+    """Raise arq's Retry with a growing delay while tries remain (transient failures only)."""
+    tries = int(ctx.get("job_try", 1))
+    if tries < MAX_TRIES:
+        log.warning("%s failed for a passing reason (%s); try %d of %d", what, reason, tries,
+                    MAX_TRIES)  # fmt: skip
+        raise Retry(defer=10 * 2 ** (tries - 1))
+
+
+def _busy(instance_id: str, job_id: str | None) -> dict[str, Any]:
+    reason = f"a sync of instance {instance_id!r} is already running"
+    log.info(reason)
+    return {"job_id": job_id, "status": "skipped", "end_reason": reason, "counts": {}}
 
 
 async def sync_instance(
     ctx: dict[str, Any], instance_id: str, source: str = "user", job_id: str | None = None
 ) -> dict[str, Any]:
-    """Sync one instance under its Redis lock; a second sync while one runs is skipped."""
+    """Sync one instance under its Redis lock (list, diff, then index new and changed items in
+    windows, delete vanished ones); a second sync while one runs is skipped."""
     runtime: Runtime = ctx["runtime"]
-    async with instance_lock(ctx["redis"], instance_id) as held:
+    async with instance_lock(ctx["redis"], instance_id, _lock_wait(source)) as held:
         if not held:
-            reason = f"a sync of instance {instance_id!r} is already running"
-            log.info(reason)
-            return {"job_id": job_id, "status": "skipped", "end_reason": reason, "counts": {}}
+            return _busy(instance_id, job_id)
         result = await runtime.sync(instance_id, job_source=source, job_id=job_id)
     log.info("sync of %s %s: %s", instance_id, result.status, result.end_reason)
+    if result.status == "failed" and result.transient:
+        _retry_later(ctx, f"sync of {instance_id}", result.end_reason)
     return {
         "job_id": result.job_id,
         "status": result.status,
@@ -36,6 +63,40 @@ async def sync_instance(
         "counts": dict(result.counts),
         "seconds": round(result.seconds, 3),
     }
+
+
+async def index_item(
+    ctx: dict[str, Any], instance_id: str, key: str, source: str = "user"
+) -> dict[str, Any]:
+    """(Re)index one object of an instance, e.g. after an upload or an item sync request."""
+    runtime: Runtime = ctx["runtime"]
+    async with instance_lock(ctx["redis"], instance_id, _lock_wait(source)) as held:
+        if not held:
+            return _busy(instance_id, None)
+        try:
+            outcome = await runtime.index_item(instance_id, key, job_source=source)
+        except RagError as exc:
+            if exc.transient:
+                _retry_later(ctx, f"indexing {key}", exc.message)
+            return {"key": key, "status": "error", "detail": exc.message}
+    if outcome.status == "error" and outcome.retry:
+        _retry_later(ctx, f"indexing {key}", outcome.detail)
+    return {"key": key, "status": outcome.status, "detail": outcome.detail}
+
+
+async def delete_item(ctx: dict[str, Any], instance_id: str, key: str) -> dict[str, Any]:
+    """Drop one item's chunks and row."""
+    runtime: Runtime = ctx["runtime"]
+    async with instance_lock(ctx["redis"], instance_id, USER_LOCK_WAIT_S) as held:
+        if not held:
+            return _busy(instance_id, None)
+        try:
+            deleted = await runtime.delete_item(instance_id, key)
+        except RagError as exc:
+            if exc.transient:
+                _retry_later(ctx, f"deleting {key}", exc.message)
+            raise
+    return {"key": key, "status": "deleted" if deleted else "unknown"}
 
 
 async def enqueue_due_syncs(ctx: dict[str, Any]) -> list[str]:

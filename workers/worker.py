@@ -11,7 +11,7 @@ from arq.worker import Worker
 
 from rag_service.config import Settings
 from rag_service.runtime import Runtime
-from workers.tasks import enqueue_due_syncs, sync_instance
+from workers.tasks import MAX_TRIES, delete_item, enqueue_due_syncs, index_item, sync_instance
 
 QUEUE = "ragd:queue"
 HEALTH_CHECK_SECONDS = 10
@@ -52,7 +52,7 @@ def build_worker(
         await rt.close()
 
     return Worker(
-        functions=[sync_instance],
+        functions=[sync_instance, index_item, delete_item],
         cron_jobs=[cron(enqueue_due_syncs, second={0}, run_at_startup=True)],
         queue_name=QUEUE,
         redis_settings=redis_settings(settings),
@@ -61,7 +61,7 @@ def build_worker(
         burst=burst,
         max_jobs=4,
         job_timeout=6 * 3600,
-        max_tries=3,
+        max_tries=MAX_TRIES,
         health_check_interval=HEALTH_CHECK_SECONDS,
         health_check_key=health_check_key(),
         job_serializer=serialize,

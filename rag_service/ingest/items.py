@@ -50,6 +50,7 @@ class Outcome:
     info: ObjectInfo
     status: str  # completed | error | skipped
     detail: str  # the chunk count, or why the item failed
+    retry: bool = False  # failed for a reason that may pass (the document itself is fine)
 
     @property
     def chunks(self) -> int:
@@ -124,7 +125,7 @@ async def _unreadable(ctx: SyncContext, info: ObjectInfo, job_id: str, exc: Exce
     await record.end_item(ctx.sessions, item.id, info, status, error=message, retry=retry)
     level = record.WARNING if status == "skipped" else record.ERROR
     await record.log_line(ctx.sessions, job_id, f"{info.key}: {message}", level)
-    return Outcome(info, status, message)
+    return Outcome(info, status, message, retry)
 
 
 async def _write(

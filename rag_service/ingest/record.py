@@ -43,19 +43,20 @@ async def start_job(
     description: str | None = None,
     job_id: str | None = None,
 ) -> Job:
-    """A running job row; `job_id` lets a caller that enqueued the sync follow it."""
+    """A running job row; `job_id` lets a caller that enqueued the sync follow it (a retried
+    task starts the same job again)."""
     now = utcnow()
-    job = Job(
-        id=job_id or str(uuid.uuid4()),
-        instance_id=instance_id,
-        source=source,
-        status="running",
-        description=description,
-        started_at=now,
-        last_seen_at=now,
-    )
+    fields: dict[str, Any] = dict(instance_id=instance_id, source=source, status="running",
+        description=description, started_at=now, last_seen_at=now, ended_at=None,
+        end_reason=None, counts={})  # fmt: skip
     async with sessions() as session, session.begin():
-        session.add(job)
+        job = await session.get(Job, job_id) if job_id else None
+        if job is None:
+            job = Job(id=job_id or str(uuid.uuid4()), **fields)
+            session.add(job)
+        else:
+            for name, value in fields.items():
+                setattr(job, name, value)
     return job
 
 

@@ -37,6 +37,7 @@ class SyncResult:
     end_reason: str
     counts: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    transient: bool = False  # failed for a passing reason: worth running again later
 
 
 Progress = Callable[[str, ObjectInfo | Item, str], None]
@@ -90,7 +91,8 @@ async def run_sync(
         reason = f"sync failed: {exc.message}"
         await record.log_line(ctx.sessions, job.id, reason, record.ERROR)
         await record.finish_job(ctx.sessions, job.id, "failed", reason, dict(counts))
-        return SyncResult(job.id, "failed", reason, counts, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return SyncResult(job.id, "failed", reason, counts, seconds, exc.transient)
     except BaseException:
         await record.finish_job(ctx.sessions, job.id, "failed", "sync crashed", dict(counts))
         raise

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from rag_service.config import Settings
 from rag_service.runtime import Runtime
 from tests.fakes import HashingEmbedder
+from workers import tasks
 from workers.client import enqueue_sync
 from workers.lock import instance_lock, lock_key
 from workers.tasks import enqueue_due_syncs, sync_instance
@@ -86,12 +87,17 @@ async def test_no_worker_is_a_clear_error(runtime: Runtime) -> None:
         await enqueue_sync(runtime, "docs", lambda d, p: None)
 
 
-async def test_a_held_lock_skips_the_second_sync(runtime: Runtime, redis: Redis) -> None:
+async def test_a_held_lock_skips_the_second_sync(
+    runtime: Runtime, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks, "USER_LOCK_WAIT_S", 0.6)
     ctx: dict[str, Any] = {"runtime": runtime, "redis": redis}
     async with instance_lock(redis, "docs") as held:
         assert held
         skipped = await sync_instance(ctx, "docs")
         assert skipped["status"] == "skipped" and "already running" in skipped["end_reason"]
+        scheduled = await sync_instance(ctx, "docs", "schedule")
+        assert scheduled["status"] == "skipped"
     assert not await redis.exists(lock_key("docs"))  # released
     done = await sync_instance(ctx, "docs")
     assert done["status"] == "completed"
@@ -113,3 +119,61 @@ async def test_the_schedule_enqueues_each_due_instance_once(runtime: Runtime, re
         assert await enqueue_due_syncs(ctx) == []  # synced just now: not due
     finally:
         await pool.aclose()
+
+
+async def test_a_user_sync_waits_for_a_lock_that_is_released(
+    runtime: Runtime, redis: Redis
+) -> None:
+    ctx: dict[str, Any] = {"runtime": runtime, "redis": redis}
+
+    async def hold_briefly() -> None:
+        async with instance_lock(redis, "docs") as held:
+            assert held
+            await asyncio.sleep(1.0)
+
+    holder = asyncio.create_task(hold_briefly())
+    await asyncio.sleep(0.1)
+    done = await sync_instance(ctx, "docs")  # waits for the holder instead of skipping
+    await holder
+    assert done["status"] == "completed" and done["counts"]["completed"] == 2
+
+
+async def test_transient_failures_are_retried_by_arq_permanent_ones_are_not(
+    runtime: Runtime, redis: Redis, tmp_path: Path
+) -> None:
+    from arq import Retry
+
+    from rag_service.errors import SourceError
+
+    ctx: dict[str, Any] = {"runtime": runtime, "redis": redis, "job_try": 1}
+    real_source = runtime.source
+
+    def failing(row: Any, cfg: Any) -> Any:
+        source = real_source(row, cfg)
+
+        async def unreachable(key: str, max_bytes: int) -> bytes:
+            raise SourceError("cannot reach the S3 endpoint", transient=True)
+
+        source.fetch = unreachable  # type: ignore[method-assign]
+        return source
+
+    runtime.source = failing  # type: ignore[method-assign]
+    from rag_service.ingest import retry
+
+    retry.BASE_DELAY_S, saved = 0.001, retry.BASE_DELAY_S
+    try:
+        with pytest.raises(Retry):
+            await tasks.index_item(ctx, "docs", "a.md")
+        ctx["job_try"] = tasks.MAX_TRIES  # the last try reports instead of retrying
+        last = await tasks.index_item(ctx, "docs", "a.md")
+        assert last["status"] == "error" and "cannot reach" in last["detail"]
+    finally:
+        retry.BASE_DELAY_S = saved
+        runtime.source = real_source  # type: ignore[method-assign]
+    ctx["job_try"] = 1
+    bad = await tasks.index_item(ctx, "docs", "bad.pdf")  # a broken file: not retried
+    assert bad["status"] == "error" and "PDF" in bad["detail"]
+    good = await tasks.index_item(ctx, "docs", "a.md")
+    assert good == {"key": "a.md", "status": "completed", "detail": "1"}
+    assert (await tasks.delete_item(ctx, "docs", "a.md"))["status"] == "deleted"
+    assert (await tasks.delete_item(ctx, "docs", "a.md"))["status"] == "unknown"
