@@ -140,6 +140,11 @@ class Runtime:
 
     async def embedder(self, cfg: InstanceConfig) -> Embedder:
         """Loaded once per (model, pooling), in a thread: loading takes seconds."""
+        if cfg.backend == "cloudflare":
+            cf_key = ("@cloudflare", cfg.embedding_model)
+            if cf_key not in self._embedders:
+                self._embedders[cf_key] = self._cloudflare_embedder(cfg)
+            return self._embedders[cf_key]
         model = cfg.embedding_model or self.settings.embedding_model
         pooling = cfg.embedding_pooling or self.settings.embedding_pooling
         key = (model, pooling)
@@ -151,6 +156,11 @@ class Runtime:
         return self._embedders[key]
 
     async def generator(self, cfg: InstanceConfig) -> Generator:
+        if cfg.backend == "cloudflare":
+            cf_name = f"@cloudflare:{cfg.ai_search_model}"
+            if cf_name not in self._generators:
+                self._generators[cf_name] = self._cloudflare_generator(cfg)
+            return self._generators[cf_name]
         name = cfg.ai_search_model or self.settings.generation_model
         async with self._loading_generator:
             if name not in self._generators:
@@ -165,6 +175,9 @@ class Runtime:
 
                 embedder = await self.embedder(cfg)
                 spec = IndexSpec(embedder.model_id, embedder.pooling, embedder.dimensions)
+                if cfg.backend == "cloudflare":
+                    self._indexes[instance_id] = await self._vectorize_index(instance_id, cfg, spec)
+                    return self._indexes[instance_id]
                 path = self.settings.instance_dir(instance_id) / "index"
                 self._indexes[instance_id] = await LocalIndex.aopen(
                     path, spec, keyword_tokenizer=cfg.indexing_options.keyword_tokenizer
@@ -209,6 +222,52 @@ class Runtime:
             secret_access_key=secret,
             region=st.s3_region,
             with_metadata=bool(cfg.custom_metadata),
+        )
+
+    def _cloudflare_embedder(self, cfg: InstanceConfig) -> Embedder:
+        """Workers AI BGE, always CLS pooling (`mean` vectors do not mix with `cls` ones)."""
+        from rag_service.providers.cloudflare import CloudflareAPI, WorkersAIEmbedder
+        from rag_service.providers.cloudflare.workers_ai import DEFAULT_EMBEDDING_MODEL
+
+        default = self.settings.embedding_model
+        model = cfg.embedding_model or (
+            default if default.startswith("@cf/") else DEFAULT_EMBEDDING_MODEL
+        )
+        if (cfg.embedding_pooling or self.settings.embedding_pooling) == "mean":
+            raise InvalidRequest("Workers AI embeddings are made with cls pooling only; drop mean")
+        return WorkersAIEmbedder(
+            CloudflareAPI.for_settings(self.settings),
+            model,
+            query_instruction=self.settings.embedding_query_instruction,
+        )
+
+    def _cloudflare_generator(self, cfg: InstanceConfig) -> Generator:
+        from rag_service.providers.cloudflare import CloudflareAPI, WorkersAIGenerator
+        from rag_service.providers.cloudflare.workers_ai import DEFAULT_GENERATION_MODEL
+
+        default = self.settings.generation_model
+        model = cfg.ai_search_model or (
+            default if default.startswith("@cf/") else DEFAULT_GENERATION_MODEL
+        )
+        return WorkersAIGenerator(CloudflareAPI.for_settings(self.settings), model)
+
+    async def _vectorize_index(
+        self, instance_id: str, cfg: InstanceConfig, spec: IndexSpec
+    ) -> VectorIndex:
+        """The instance's Vectorize index (created with its metadata indexes when missing),
+        with its keyword side in the instance's data dir."""
+        from rag_service.providers.cloudflare import CloudflareAPI, VectorizeIndex, index_name
+        from rag_service.providers.cloudflare.vectorize import MetadataType
+
+        kinds: dict[str, MetadataType] = {"text": "string", "boolean": "boolean"}
+        custom = {f.field_name: kinds.get(f.data_type, "number") for f in cfg.custom_metadata}
+        return await VectorizeIndex.open(
+            CloudflareAPI.for_settings(self.settings),
+            index_name(instance_id),
+            spec,
+            self.settings.instance_dir(instance_id) / "keyword",
+            metadata_indexes=custom,
+            keyword_tokenizer=cfg.indexing_options.keyword_tokenizer,
         )
 
     def _local_embedder(self, model: str, pooling: str | None) -> Embedder:

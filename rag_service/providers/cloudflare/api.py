@@ -206,7 +206,9 @@ class CloudflareAPI:
             except httpx.TransportError as exc:
                 if last:
                     detail = self.redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
-                    raise BackendError(f"{what}: Cloudflare unreachable: {detail}") from None
+                    raise BackendError(
+                        f"{what}: Cloudflare unreachable: {detail}", transient=True
+                    ) from None
                 delay = self.retry.backoff(attempt)
                 log.warning("%s: %s; retry in %.2fs", what, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
@@ -263,6 +265,10 @@ class CloudflareAPI:
             return CloudflareNotFound(f"{what}: not found (HTTP 404: {detail})")
         if 5007 in codes or "no such model" in detail.lower():
             return CloudflareNotFound(f"{what}: unknown Workers AI model ({detail})")
+        if status >= 500:
+            return BackendError(
+                f"{what}: Cloudflare failed (HTTP {status}: {detail})", transient=True
+            )
         return BackendError(f"{what}: Cloudflare refused the request (HTTP {status}: {detail})")
 
     def _errors_of(self, resp: httpx.Response) -> tuple[set[int], str]:

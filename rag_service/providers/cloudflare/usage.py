@@ -85,7 +85,7 @@ class UsageMeter:
                     "input_tokens": m.input_tokens,
                     "output_tokens": m.output_tokens,
                     "neurons": round(usd_to_neurons(m.usd), 3),
-                    "usd": round(m.usd, 8),
+                    "usd": round(m.usd, 12),
                     "unpriced_calls": m.unpriced_calls,
                 }
                 for name, m in sorted(self._models.items())
@@ -95,7 +95,7 @@ class UsageMeter:
             for key in ("calls", "input_tokens", "output_tokens", "unpriced_calls")
         }
         usd = sum(m["usd"] for m in models.values())
-        totals.update(usd=round(usd, 8), neurons=round(usd_to_neurons(usd), 3), models=models)
+        totals.update(usd=round(usd, 12), neurons=round(usd_to_neurons(usd), 3), models=models)
         return totals
 
 
