@@ -61,7 +61,7 @@ async def test_dimensions_are_checked(api: CloudflareAPI) -> None:
 
 async def test_unknown_model_is_named(api: CloudflareAPI) -> None:
     embedder = WorkersAIEmbedder(api, "@cf/baai/bge-nope", dimensions=768)
-    with pytest.raises(CloudflareNotFound, match="unknown Workers AI model.*No such model"):
+    with pytest.raises(CloudflareNotFound, match=r"unknown Workers AI model.*No such model"):
         await embedder.embed_documents(["x"])
 
 
