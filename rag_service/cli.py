@@ -122,9 +122,14 @@ def _serve(settings: Settings, host: str, port: int, scheduler: Any, source: str
             err.print(f"API token (stored in {where}): [bold]{token}[/bold]")
         else:
             err.print(f"API token: see {where}")
-    err.print(f"serving on http://{host}:{port}  (POST /search, POST /ai-search, GET /healthz)")
+    err.print(f"serving on http://{host}:{port}  (playground: GET /, API schema: GET /schema)")
     uvicorn.run(
-        create_app(settings, runtime, background=scheduler),
+        create_app(
+            settings,
+            runtime,
+            background=scheduler,
+            job_runner="inline" if scheduler else "queue",
+        ),
         host=host,
         port=port,
         log_level="warning",

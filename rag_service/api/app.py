@@ -8,25 +8,72 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Router
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 
-from rag_service.api import health, legacy
+from rag_service.api import health, legacy, metrics, playground
 from rag_service.api.auth import require_token
 from rag_service.api.errors import EXCEPTION_HANDLERS
+from rag_service.api.instances import InstancesController
+from rag_service.api.items import ItemsController
+from rag_service.api.jobs import JobsController
+from rag_service.api.search import SearchController
+from rag_service.api.tokens import TokensController
+from rag_service.api.views import NAMESPACE
 from rag_service.config import Settings
+from rag_service.errors import NotFound
+from rag_service.jobs import InlineJobs, JobRunner
 from rag_service.runtime import Runtime
+from rag_service.tokens import TokenStore
 
 MAX_BODY_BYTES = 1024 * 1024
+AI_SEARCH = "/accounts/{account_id:str}/ai-search"
 
 Background = Callable[[Runtime], Coroutine[Any, Any, None]]
+
+
+def default_namespace(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Every instance lives in AI Search's `default` namespace here."""
+    name = connection.path_params.get("namespace")
+    if name != NAMESPACE:
+        raise NotFound(f"namespace {name!r} not found: this service has only {NAMESPACE!r}")
+
+
+def provide_runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+def routes() -> list[Router]:
+    """AI Search's instance routes, with and without the namespace, and the token routes."""
+    controllers = [InstancesController, SearchController, JobsController, ItemsController]
+    return [
+        Router(AI_SEARCH, route_handlers=controllers),
+        Router(
+            f"{AI_SEARCH}/namespaces/{{namespace:str}}",
+            route_handlers=controllers,
+            guards=[default_namespace],
+        ),
+        Router("/accounts/{account_id:str}", route_handlers=[TokensController]),
+        Router("/user", route_handlers=[TokensController]),
+    ]
 
 
 def create_app(
     settings: Settings,
     runtime: Runtime | None = None,
     background: Background | None = None,
+    job_runner: JobRunner = "inline",
 ) -> Litestar:
-    """Build the app. `background` runs beside the server (the embedded scheduler of `ragd up`)."""
+    """Build the app. `background` runs beside the server (the embedded scheduler of `ragd up`);
+    `job_runner` says where `POST .../jobs` syncs run: here (`inline`) or on the arq worker."""
     rt = runtime or Runtime(settings)
+    inline_jobs = InlineJobs(rt)
+    meter = metrics.Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -35,20 +82,33 @@ def create_app(
         try:
             yield
         finally:
+            await inline_jobs.close()
             if task:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             await rt.close()
 
-    protected = Router("/", route_handlers=[*legacy.ROUTES], guards=[require_token])
+    protected = Router("/", route_handlers=[*legacy.ROUTES, *routes()], guards=[require_token])
     app = Litestar(
-        route_handlers=[*health.ROUTES, protected],
+        route_handlers=[*health.ROUTES, *metrics.ROUTES, *playground.ROUTES, protected],
+        dependencies={"runtime": Provide(provide_runtime, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[meter.middleware],
         lifespan=[lifespan],
         request_max_body_size=MAX_BODY_BYTES,
-        openapi_config=None,
+        openapi_config=OpenAPIConfig(
+            title="rag-service",
+            version="0.1.0",
+            description="Cloudflare AutoRAG / AI Search compatible API",
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"])],
+            openapi_router=Router("/schema", route_handlers=[], guards=[require_token]),
+        ),
         debug=False,
     )
     app.state.settings = settings
     app.state.runtime = rt
+    app.state.tokens = TokenStore(settings.data_dir)
+    app.state.inline_jobs = inline_jobs
+    app.state.job_runner = job_runner
+    app.state.metrics = meter
     return app

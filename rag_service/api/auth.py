@@ -12,6 +12,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from rag_service.config import Settings
 from rag_service.errors import Unauthorized
+from rag_service.tokens import TokenStore
 
 TOKEN_FILE = "api-token"
 
@@ -21,13 +22,25 @@ def accepted_tokens(connection: ASGIConnection[Any, Any, Any, Any]) -> list[str]
     return [t.get_secret_value() for t in settings.api_tokens]
 
 
-def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+def token_identity(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """Which token the request carries: `settings` (RAGD_API_TOKENS or the data dir's token)
+    or the id of one created through the API. Unauthorized when none matches."""
     header = connection.headers.get("authorization", "")
     scheme, _sep, token = header.partition(" ")
+    token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    if not any(hmac.compare_digest(token.strip(), t) for t in accepted_tokens(connection)):
+    if any(hmac.compare_digest(token, t) for t in accepted_tokens(connection)):
+        return "settings"
+    store: TokenStore = connection.app.state.tokens
+    created = store.verify(token)
+    if created is None:
         raise Unauthorized("invalid API token")
+    return created.id
+
+
+def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    token_identity(connection)
 
 
 def ensure_local_token(settings: Settings) -> tuple[str, bool]:

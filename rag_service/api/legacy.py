@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request, Response, post
-from litestar.response import Stream
+from litestar.params import FromPath, FromQuery
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rag_service.api import options as opt
 from rag_service.api.errors import envelope
 from rag_service.api.requests import read_json
 from rag_service.api.shapes import legacy_page
+from rag_service.api.sse import DONE, event_stream, sse
 from rag_service.providers.protocols import Usage
-from rag_service.retrieve.filters import parse_filter
 from rag_service.retrieve.generate import generate_answer
 from rag_service.runtime import DEFAULT_INSTANCE, Runtime
 
@@ -51,76 +51,46 @@ class LegacySearchRequest(BaseModel):
         return value
 
 
-def legacy_filter(obj: dict[str, Any] | None) -> dict[str, Any] | None:
-    """AutoRAG compares `timestamp` in milliseconds (often as a string); the index in seconds."""
-
-    def fix(node: Any) -> Any:
-        if isinstance(node, dict):
-            node = {k: fix(v) for k, v in node.items()}
-            if node.get("key") == "timestamp" and "value" in node:
-                value = node["value"]
-                if isinstance(value, str) and value.strip().isdigit():
-                    value = int(value)
-                if isinstance(value, int | float) and not isinstance(value, bool) and value > 1e11:
-                    value = int(value // 1000)
-                node["value"] = value
-        elif isinstance(node, list):
-            node = [fix(v) for v in node]
-        return node
-
-    return parse_filter(fix(obj)) if obj else None
-
-
-def _notes(body: LegacySearchRequest) -> list[dict[str, Any]]:
-    notes = []
-    if body.rewrite_query:
-        notes.append(
-            {"code": 1, "message": "rewrite_query is not supported yet; query used as given"}
-        )
-    if body.reranking.enabled:
-        notes.append(
-            {"code": 2, "message": "reranking is not supported yet; results are unreranked"}
-        )
-    return notes
-
-
-async def _options(runtime: Runtime, instance_id: str, body: LegacySearchRequest) -> Any:
-    _, cfg = await runtime.get_instance(instance_id)
-    return runtime.default_options(
-        cfg,
-        max_num_results=body.max_num_results,
-        match_threshold=body.ranking_options.score_threshold,
-        filters=legacy_filter(body.filters),
+def ai_search_options(body: LegacySearchRequest) -> opt.AISearchOptions:
+    """AutoRAG's fields in AI Search's terms, so that both mean the same."""
+    return opt.AISearchOptions(
+        retrieval=opt.Retrieval(
+            max_num_results=body.max_num_results,
+            match_threshold=body.ranking_options.score_threshold,
+            filters=body.filters,
+        ),
+        query_rewrite=opt.QueryRewrite(enabled=body.rewrite_query),
+        reranking=opt.Reranking(enabled=body.reranking.enabled, model=body.reranking.model),
     )
+
+
+async def _plan(runtime: Runtime, instance_id: str, body: LegacySearchRequest) -> opt.SearchPlan:
+    _, cfg = await runtime.get_instance(instance_id)
+    return opt.plan_search(runtime, cfg, ai_search_options(body))
 
 
 async def legacy_search(runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]) -> Any:
     body = await read_json(request, LegacySearchRequest)
-    chunks = await runtime.search(
-        instance_id, body.query, await _options(runtime, instance_id, body)
-    )
+    plan = await _plan(runtime, instance_id, body)
+    chunks = await runtime.search(instance_id, body.query, plan.retrieval)
     result = envelope(legacy_page(body.query, chunks))
-    result["messages"] = _notes(body)
+    result["messages"] = opt.note_messages(plan.notes)
     return result
-
-
-def sse(data: Any) -> bytes:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 async def legacy_ai_search(
     runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]
 ) -> Any:
     body = await read_json(request, LegacySearchRequest)
-    opts = await _options(runtime, instance_id, body)
+    plan = await _plan(runtime, instance_id, body)
     generator, prompt = await runtime.answer_prompt(
-        instance_id, body.query, opts, model=body.model, system_prompt=body.system_prompt
+        instance_id, body.query, plan.retrieval, model=body.model, system_prompt=body.system_prompt
     )
     max_tokens = runtime.settings.generation_max_tokens
     if not body.stream:
         pieces = [p async for p in generate_answer(generator, prompt, max_tokens)]
         result = envelope(legacy_page(body.query, prompt.used, "".join(pieces)))
-        result["messages"] = _notes(body)
+        result["messages"] = opt.note_messages(plan.notes)
         return result
 
     async def events() -> AsyncIterator[bytes]:
@@ -131,18 +101,9 @@ async def legacy_ai_search(
         except Exception as exc:  # the stream has started: report in-band
             yield sse({"error": getattr(exc, "message", "generation failed")})
         yield sse(legacy_page(body.query, prompt.used))
-        yield b"data: [DONE]\n\n"
+        yield DONE
 
-    return Stream(
-        events(),
-        media_type="text/event-stream",
-        # Litestar applies the handler's JSON media type unless the header is set explicitly.
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        },
-    )
+    return event_stream(events())
 
 
 def _runtime(request: Request[Any, Any, Any]) -> Runtime:
@@ -151,24 +112,30 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 
 @post("/search", status_code=200)
-async def search_default(request: Request[Any, Any, Any], instance: str = DEFAULT_INSTANCE) -> Any:
+async def search_default(
+    request: Request[Any, Any, Any], instance: FromQuery[str] = DEFAULT_INSTANCE
+) -> Any:
     return await legacy_search(_runtime(request), instance, request)
 
 
 @post("/ai-search", status_code=200)
 async def ai_search_default(
-    request: Request[Any, Any, Any], instance: str = DEFAULT_INSTANCE
+    request: Request[Any, Any, Any], instance: FromQuery[str] = DEFAULT_INSTANCE
 ) -> Any:
     return await legacy_ai_search(_runtime(request), instance, request)
 
 
 @post("/accounts/{account_id:str}/autorag/rags/{name:str}/search", status_code=200)
-async def autorag_search(request: Request[Any, Any, Any], account_id: str, name: str) -> Any:
+async def autorag_search(
+    request: Request[Any, Any, Any], account_id: FromPath[str], name: FromPath[str]
+) -> Any:
     return await legacy_search(_runtime(request), name, request)
 
 
 @post("/accounts/{account_id:str}/autorag/rags/{name:str}/ai-search", status_code=200)
-async def autorag_ai_search(request: Request[Any, Any, Any], account_id: str, name: str) -> Any:
+async def autorag_ai_search(
+    request: Request[Any, Any, Any], account_id: FromPath[str], name: FromPath[str]
+) -> Any:
     return await legacy_ai_search(_runtime(request), name, request)
 
 

@@ -19,7 +19,8 @@ def validation_message(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-async def read_json(request: Request[Any, Any, Any], model: type[Model]) -> Model:
+async def read_object(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The body as a JSON object; anything else is a 400 that says what to send."""
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequest("the request body is empty: send a JSON object")
@@ -29,6 +30,11 @@ async def read_json(request: Request[Any, Any, Any], model: type[Model]) -> Mode
         raise InvalidRequest(f"malformed JSON body: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    return data
+
+
+async def read_json(request: Request[Any, Any, Any], model: type[Model]) -> Model:
+    data = await read_object(request)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,138 @@
+"""AI Search instances: list, read, create, update, delete, stats."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from litestar import Controller, Request, delete, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
+from sqlalchemy import select
+
+from rag_service import instance_changes, instances
+from rag_service.api.errors import envelope
+from rag_service.api.paging import check_page, paged
+from rag_service.api.requests import read_object
+from rag_service.api.views import NAMESPACE, instance_view, iso
+from rag_service.errors import InvalidRequest
+from rag_service.instances import InstanceConfig
+from rag_service.models import Instance
+from rag_service.runtime import Runtime
+from rag_service.stats import instance_stats, last_activity
+
+RENAMED = {"aisearch_model": "ai_search_model", "system_prompt_aisearch": "system_prompt"}
+CONFIG_FIELDS = frozenset(InstanceConfig.model_fields) - {"system_prompt"}
+ACCEPTED = frozenset({"id", "source", "hybrid_search_enabled", *RENAMED}) | CONFIG_FIELDS
+
+
+def config_changes(body: dict[str, Any]) -> tuple[str | None, dict[str, Any], list[str]]:
+    """AI Search's instance fields -> (source, config changes, fields accepted but unused)."""
+    source = body.get("source")
+    if source is not None and (not isinstance(source, str) or len(source) > 4096):
+        raise InvalidRequest("source must be a folder path, s3://bucket/prefix or a bucket name")
+    if body.get("type") == "web-crawler":
+        raise InvalidRequest(
+            "web-crawler sources are not supported: use a folder path, s3://bucket/prefix or an "
+            "R2 bucket name (type 'r2')"
+        )
+    changes = {
+        RENAMED.get(k, k): v
+        for k, v in body.items()
+        if v is not None and RENAMED.get(k, k) in CONFIG_FIELDS | {"system_prompt"}
+    }
+    hybrid = body.get("hybrid_search_enabled")
+    if isinstance(hybrid, bool) and "index_method" not in body:
+        changes["index_method"] = {"vector": True, "keyword": hybrid}
+    unused = sorted(k for k in body if k not in ACCEPTED)
+    return source or None, changes, unused
+
+
+def _notes(unused: list[str]) -> list[dict[str, Any]]:
+    if not unused:
+        return []
+    return [{"code": 7200, "message": f"accepted but not used here: {', '.join(unused)}"}]
+
+
+async def view(runtime: Runtime, row: Instance) -> dict[str, Any]:
+    cfg = instances.instance_config(row)
+    return instance_view(row, cfg, runtime.settings, await last_activity(runtime, row.id))
+
+
+class InstancesController(Controller):
+    path = "/instances"
+
+    @get("/")
+    async def list_instances(
+        self,
+        runtime: NamedDependency[Runtime],
+        page: FromQuery[int] = 1,
+        per_page: FromQuery[int] = 20,
+        search: FromQuery[str | None] = None,
+        namespace: FromQuery[str | None] = None,
+        order_by: FromQuery[Literal["created_at"]] = "created_at",
+        order_by_direction: FromQuery[Literal["asc", "desc"]] = "asc",
+    ) -> dict[str, Any]:
+        check_page(page, per_page)
+        if namespace not in (None, NAMESPACE):
+            return paged([], page, per_page, 0)
+        order = Instance.created_at.desc() if order_by_direction == "desc" else Instance.created_at
+        query = select(Instance).order_by(order, Instance.id)
+        if search:
+            query = query.where(Instance.id.contains(search.lower(), autoescape=True))
+        async with runtime.sessions() as session:
+            rows = list((await session.scalars(query)).all())
+        start = (page - 1) * per_page
+        shown = [await view(runtime, r) for r in rows[start : start + per_page]]
+        return paged(shown, page, per_page, len(rows))
+
+    @post("/", status_code=200)
+    async def create_instance(
+        self, runtime: NamedDependency[Runtime], request: Request[Any, Any, Any]
+    ) -> Any:
+        body = await read_object(request)
+        instance_id = body.get("id")
+        if not isinstance(instance_id, str):
+            raise InvalidRequest("id is required: the new instance's id (e.g. 'docs')")
+        source, changes, unused = config_changes(body)
+        row = await instance_changes.create_instance(runtime, instance_id, source, changes)
+        result = envelope(await view(runtime, row))
+        result["messages"] = _notes(unused)
+        return result
+
+    @get("/{instance_id:str}")
+    async def read_instance(
+        self, runtime: NamedDependency[Runtime], instance_id: FromPath[str]
+    ) -> dict[str, Any]:
+        row, _ = await runtime.get_instance(instance_id)
+        return envelope(await view(runtime, row))
+
+    @put("/{instance_id:str}")
+    async def update_instance(
+        self,
+        runtime: NamedDependency[Runtime],
+        request: Request[Any, Any, Any],
+        instance_id: FromPath[str],
+    ) -> Any:
+        body = await read_object(request)
+        if body.get("id") not in (None, instance_id):
+            raise InvalidRequest("an instance's id cannot change")
+        source, changes, unused = config_changes(body)
+        row = await instance_changes.update_instance(runtime, instance_id, source, changes)
+        result = envelope(await view(runtime, row))
+        result["messages"] = _notes(unused)
+        return result
+
+    @delete("/{instance_id:str}", status_code=200)
+    async def delete_instance(
+        self, runtime: NamedDependency[Runtime], instance_id: FromPath[str]
+    ) -> dict[str, Any]:
+        row = await instance_changes.delete_instance(runtime, instance_id)
+        return envelope(instance_view(row, instances.instance_config(row), runtime.settings))
+
+    @get("/{instance_id:str}/stats")
+    async def stats(
+        self, runtime: NamedDependency[Runtime], instance_id: FromPath[str]
+    ) -> dict[str, Any]:
+        result = await instance_stats(runtime, instance_id)
+        result["last_activity"] = iso(result["last_activity"])
+        return envelope(result)

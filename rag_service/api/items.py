@@ -1,0 +1,222 @@
+"""An instance's items: list, read, chunks, download, (re)index, delete, upload."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, Request, Response, delete, get, patch, post, put
+from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, QueryParameter
+from pydantic import Field
+
+from rag_service import items
+from rag_service.api.errors import envelope
+from rag_service.api.jobs import tasks
+from rag_service.api.options import Lenient, request_filter
+from rag_service.api.paging import check_page, paged
+from rag_service.api.requests import read_json
+from rag_service.api.views import NAMESPACE, iso, item_view
+from rag_service.errors import InvalidRequest, NotFound
+from rag_service.ingest.fetch import SizeLimits
+from rag_service.ingest.record import item_id_for
+from rag_service.runtime import Runtime
+
+UPLOAD_MAX_BYTES = 11 * 1024 * 1024  # the text cap (10 MiB) and the form around it
+Status = Literal["queued", "running", "completed", "error", "skipped", "outdated"]
+
+
+class IndexRequest(Lenient):
+    next_action: Literal["INDEX"]
+    wait_for_completion: bool = False
+
+
+class KeyIndexRequest(IndexRequest):
+    key: str = Field(min_length=1, max_length=1024)
+
+
+def pending_view(instance_id: str, key: str) -> dict[str, Any]:
+    """An item accepted for indexing whose row does not exist yet."""
+    now = iso(datetime.now(UTC))
+    return {
+        "id": item_id_for(instance_id, key),
+        "key": key,
+        "namespace": NAMESPACE,
+        "status": "queued",
+        "checksum": "",
+        "created_at": now,
+        "last_seen_at": now,
+        "source_id": "builtin",
+        "next_action": "INDEX",
+    }
+
+
+async def index_key(
+    runtime: Runtime, request: Request[Any, Any, Any], instance_id: str, key: str, wait: bool
+) -> dict[str, Any]:
+    """Index one object of the source now (`wait`) or in the background."""
+    if not wait:
+        tasks(request).spawn(f"index:{instance_id}:{key}", runtime.index_item(instance_id, key))
+        return envelope(pending_view(instance_id, key))
+    await runtime.index_item(instance_id, key)
+    try:
+        return envelope(
+            item_view(await items.get_item(runtime, instance_id, item_id_for(instance_id, key)))
+        )
+    except NotFound:
+        raise NotFound(f"{key!r} is not in the instance's source") from None
+
+
+def metadata_filter(raw: str | None) -> Any:
+    if not raw:
+        return None
+    try:
+        return request_filter(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"metadata_filter must be JSON (a Vectorize filter): {exc}") from exc
+
+
+class ItemsController(Controller):
+    path = "/instances/{instance_id:str}/items"
+
+    @get("/")
+    async def list_items(
+        self,
+        runtime: NamedDependency[Runtime],
+        instance_id: FromPath[str],
+        page: FromQuery[int] = 1,
+        per_page: FromQuery[int] = 20,
+        item_id: FromQuery[str | None] = None,
+        key: FromQuery[str | None] = None,
+        status: FromQuery[Status | None] = None,
+        search: FromQuery[str | None] = None,
+        sort_by: FromQuery[Literal["status", "modified_at"]] = "status",
+        metadata_filter_json: Annotated[str | None, QueryParameter(name="metadata_filter")] = None,
+    ) -> dict[str, Any]:
+        check_page(page, per_page)
+        await runtime.get_instance(instance_id)
+        total, rows = await items.list_items(
+            runtime,
+            instance_id,
+            page,
+            per_page,
+            item_id=item_id,
+            key=key,
+            status=status,
+            search=search,
+            sort_by=sort_by,
+            metadata_filter=metadata_filter(metadata_filter_json),
+        )
+        return paged([item_view(i) for i in rows], page, per_page, total)
+
+    @put("/")
+    async def index_by_key(
+        self,
+        runtime: NamedDependency[Runtime],
+        request: Request[Any, Any, Any],
+        instance_id: FromPath[str],
+    ) -> dict[str, Any]:
+        body = await read_json(request, KeyIndexRequest)
+        await runtime.get_instance(instance_id)
+        return await index_key(runtime, request, instance_id, body.key, body.wait_for_completion)
+
+    @post("/", status_code=200, request_max_body_size=UPLOAD_MAX_BYTES)
+    async def upload(
+        self,
+        runtime: NamedDependency[Runtime],
+        request: Request[Any, Any, Any],
+        instance_id: FromPath[str],
+    ) -> dict[str, Any]:
+        await runtime.get_instance(instance_id)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise InvalidRequest("upload a file as multipart/form-data with a 'file' field")
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            raise InvalidRequest("the form needs a 'file' field holding a file with a name")
+        if len(upload.filename) > 128:
+            raise InvalidRequest("file names are limited to 128 characters")
+        data = await upload.read()
+        limits = SizeLimits(runtime.settings.max_file_bytes, runtime.settings.max_text_file_bytes)
+        if len(data) > limits.cap_for(upload.filename):
+            raise InvalidRequest(
+                f"{upload.filename} is {len(data)} bytes, over the "
+                f"{limits.cap_for(upload.filename)} byte limit for its type"
+            )
+        key = await items.save_upload(runtime, instance_id, upload.filename, data)
+        wait = str(form.get("wait_for_completion", "")).lower() in ("true", "1")
+        return await index_key(runtime, request, instance_id, key, wait)
+
+    @get("/{item_id:str}")
+    async def get_item(
+        self, runtime: NamedDependency[Runtime], instance_id: FromPath[str], item_id: FromPath[str]
+    ) -> dict[str, Any]:
+        return envelope(item_view(await items.get_item(runtime, instance_id, item_id)))
+
+    @patch("/{item_id:str}")
+    async def sync_item(
+        self,
+        runtime: NamedDependency[Runtime],
+        request: Request[Any, Any, Any],
+        instance_id: FromPath[str],
+        item_id: FromPath[str],
+    ) -> dict[str, Any]:
+        body = await read_json(request, IndexRequest)
+        item = await items.get_item(runtime, instance_id, item_id)
+        return await index_key(runtime, request, instance_id, item.key, body.wait_for_completion)
+
+    @delete("/{item_id:str}", status_code=200)
+    async def delete_item(
+        self, runtime: NamedDependency[Runtime], instance_id: FromPath[str], item_id: FromPath[str]
+    ) -> dict[str, Any]:
+        item = await items.get_item(runtime, instance_id, item_id)
+        await runtime.delete_item(instance_id, item.key)
+        await items.remove_upload(runtime, instance_id, item.key)
+        return envelope({"key": item.key})
+
+    @get("/{item_id:str}/chunks")
+    async def chunks(
+        self,
+        runtime: NamedDependency[Runtime],
+        instance_id: FromPath[str],
+        item_id: FromPath[str],
+        limit: FromQuery[int] = 20,
+        offset: FromQuery[int] = 0,
+    ) -> dict[str, Any]:
+        if not 1 <= limit <= 100 or offset < 0:
+            raise InvalidRequest("limit must be 1-100 and offset 0 or more")
+        item = await items.get_item(runtime, instance_id, item_id)
+        found = await items.item_chunks(runtime, instance_id, item, limit, offset)
+        result = [
+            {
+                "id": m.id,
+                "text": str(m.metadata.get("text", "")),
+                "item": {
+                    "key": item.key,
+                    "timestamp": m.metadata.get("timestamp"),
+                    "metadata": {
+                        k: v for k, v in m.metadata.items() if k not in ("text", "item_id")
+                    },
+                },
+            }
+            for m in found
+        ]
+        body = envelope(result, {"count": len(result), "total_count": item.chunks_count})
+        return body
+
+    @get("/{item_id:str}/download")
+    async def download(
+        self, runtime: NamedDependency[Runtime], instance_id: FromPath[str], item_id: FromPath[str]
+    ) -> Response[bytes]:
+        item = await items.get_item(runtime, instance_id, item_id)
+        row, cfg = await runtime.get_instance(instance_id)
+        limits = SizeLimits(runtime.settings.max_file_bytes, runtime.settings.max_text_file_bytes)
+        data = await runtime.source(row, cfg).fetch(item.key, limits.cap_for(item.key))
+        name = item.key.rsplit("/", 1)[-1].replace('"', "")
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )

@@ -1,0 +1,110 @@
+"""Sync jobs of an instance: start one, list them, read one and its log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
+from pydantic import Field
+
+from rag_service import jobs
+from rag_service.api.errors import envelope
+from rag_service.api.options import Lenient
+from rag_service.api.paging import check_page, paged
+from rag_service.api.requests import read_json
+from rag_service.api.views import job_view, log_view, queued_job_view
+from rag_service.errors import NotFound
+from rag_service.runtime import Runtime
+
+
+def tasks(request: Request[Any, Any, Any]) -> jobs.InlineJobs:
+    inline: jobs.InlineJobs = request.app.state.inline_jobs
+    return inline
+
+
+class JobCreate(Lenient):
+    description: str | None = Field(None, max_length=1000)
+
+
+async def read_job_body(request: Request[Any, Any, Any]) -> JobCreate:
+    """The body is optional here (the SDK sends none without a description)."""
+    if not (await request.body()).strip():
+        return JobCreate()
+    return await read_json(request, JobCreate)
+
+
+class JobsController(Controller):
+    path = "/instances/{instance_id:str}/jobs"
+
+    @post("/", status_code=200)
+    async def create_job(
+        self,
+        runtime: NamedDependency[Runtime],
+        request: Request[Any, Any, Any],
+        instance_id: FromPath[str],
+    ) -> dict[str, Any]:
+        body = await read_job_body(request)
+        await runtime.get_instance(instance_id)
+        if request.app.state.job_runner == "inline":
+            job_id = await tasks(request).start(instance_id, body.description)
+            job = await jobs.get_job(runtime, instance_id, job_id)
+            return envelope(job_view(job) if job else queued_job_view(job_id, body.description))
+        job_id, worker_alive = await jobs.enqueue_sync(runtime, instance_id)
+        result = envelope(queued_job_view(job_id, body.description))
+        if not worker_alive:
+            result["messages"] = [
+                {"code": 7300, "message": "no worker is running: the job starts with `ragd worker`"}
+            ]
+        return result
+
+    @get("/")
+    async def list_jobs(
+        self,
+        runtime: NamedDependency[Runtime],
+        instance_id: FromPath[str],
+        page: FromQuery[int] = 1,
+        per_page: FromQuery[int] = 20,
+    ) -> dict[str, Any]:
+        check_page(page, per_page)
+        await runtime.get_instance(instance_id)
+        total, rows = await jobs.list_jobs(runtime, instance_id, page, per_page)
+        return paged([job_view(j) for j in rows], page, per_page, total)
+
+    @get("/{job_id:str}")
+    async def get_job(
+        self,
+        runtime: NamedDependency[Runtime],
+        request: Request[Any, Any, Any],
+        instance_id: FromPath[str],
+        job_id: FromPath[str],
+    ) -> dict[str, Any]:
+        await runtime.get_instance(instance_id)
+        job = await jobs.get_job(runtime, instance_id, job_id)
+        if job is not None:
+            return envelope(job_view(job))
+        pending = (
+            tasks(request).pending(job_id)
+            if request.app.state.job_runner == "inline"
+            else await jobs.queued_in_redis(runtime, job_id)
+        )
+        if pending:
+            return envelope(queued_job_view(job_id, None))
+        raise NotFound(f"job {job_id!r} not found in instance {instance_id!r}")
+
+    @get("/{job_id:str}/logs")
+    async def job_logs(
+        self,
+        runtime: NamedDependency[Runtime],
+        instance_id: FromPath[str],
+        job_id: FromPath[str],
+        page: FromQuery[int] = 1,
+        per_page: FromQuery[int] = 50,
+    ) -> dict[str, Any]:
+        check_page(page, per_page)
+        await runtime.get_instance(instance_id)
+        if await jobs.get_job(runtime, instance_id, job_id) is None:
+            raise NotFound(f"job {job_id!r} not found in instance {instance_id!r}")
+        total, rows = await jobs.job_logs(runtime, job_id, page, per_page)
+        return paged([log_view(line) for line in rows], page, per_page, total)

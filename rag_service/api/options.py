@@ -1,0 +1,209 @@
+"""AI Search request bodies (`query` or `messages`, `ai_search_options`) and what they mean
+for retrieval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+from rag_service.errors import InvalidRequest
+from rag_service.instances import InstanceConfig
+from rag_service.retrieve.filters import NormFilter, parse_filter
+from rag_service.retrieve.search import RetrievalOptions
+from rag_service.runtime import Runtime
+
+MAX_QUERY_CHARS = 10_000
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class ContentPart(Lenient):
+    type: Literal["text", "image_url", "file"]
+    text: str | None = None
+
+
+class Message(Lenient):
+    role: Role
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        if any(p.type != "text" for p in self.content):
+            raise InvalidRequest(
+                "only text message content is supported: send content as a string or text parts"
+            )
+        return "\n".join(p.text or "" for p in self.content)
+
+
+class BoostBy(Lenient):
+    field: str = Field(min_length=1)
+    direction: Literal["asc", "desc", "exists", "not_exists"] | None = None
+
+
+class Retrieval(Lenient):
+    retrieval_type: Literal["vector", "keyword", "hybrid"] | None = None
+    fusion_method: Literal["rrf", "max"] | None = None
+    keyword_match_mode: Literal["and", "or"] | None = None
+    match_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    max_num_results: int | None = Field(None, ge=1, le=50)
+    filters: dict[str, Any] | None = None
+    context_expansion: int = Field(0, ge=0, le=3)
+    boost_by: list[BoostBy] = Field(default_factory=list, max_length=5)
+    return_on_failure: bool = False
+
+
+class QueryRewrite(Lenient):
+    enabled: bool | None = None
+    model: str | None = None
+    rewrite_prompt: str | None = Field(
+        None, max_length=20_000, validation_alias=AliasChoices("rewrite_prompt", "prompt")
+    )
+
+
+class Reranking(Lenient):
+    enabled: bool | None = None
+    model: str | None = None
+    match_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, validation_alias=AliasChoices("match_threshold", "threshold")
+    )
+
+
+class Cache(Lenient):
+    enabled: bool | None = None
+    cache_threshold: (
+        Literal["super_strict_match", "close_enough", "flexible_friend", "anything_goes"] | None
+    ) = None
+
+
+class AISearchOptions(Lenient):
+    retrieval: Retrieval = Field(default_factory=Retrieval)
+    query_rewrite: QueryRewrite = Field(default_factory=QueryRewrite)
+    reranking: Reranking = Field(default_factory=Reranking)
+    cache: Cache = Field(default_factory=Cache)
+    custom_metadata: dict[str, str | float | bool] = Field(default_factory=dict, max_length=2)
+
+
+class SearchRequest(Lenient):
+    """AI Search's search body: `query` or `messages`, not both."""
+
+    query: str | None = Field(None, max_length=MAX_QUERY_CHARS)
+    messages: list[Message] | None = Field(None, min_length=1, max_length=100)
+    ai_search_options: AISearchOptions = Field(
+        default_factory=AISearchOptions,
+        validation_alias=AliasChoices("ai_search_options", "aisearch_options"),
+    )
+
+    @model_validator(mode="after")
+    def _one_question(self) -> SearchRequest:
+        if self.query is not None and self.messages is not None:
+            raise ValueError("send either 'query' or 'messages', not both")
+        if self.query is None and self.messages is None:
+            raise ValueError("'query' or 'messages' is required")
+        return self
+
+    def question(self) -> str:
+        """The text to search for: `query`, or the last user message."""
+        text = self.query if self.query is not None else last_user_text(self.messages or [])
+        if not text.strip():
+            raise InvalidRequest("the query is blank: send a non-empty 'query' or user message")
+        return text
+
+
+class ChatRequest(Lenient):
+    """AI Search's chat completions body (OpenAI's, plus `ai_search_options`)."""
+
+    messages: list[Message] = Field(min_length=1, max_length=100)
+    model: str | None = Field(None, max_length=200)
+    stream: bool = False
+    ai_search_options: AISearchOptions = Field(
+        default_factory=AISearchOptions,
+        validation_alias=AliasChoices("ai_search_options", "aisearch_options"),
+    )
+
+    def question(self) -> str:
+        text = last_user_text(self.messages)
+        if not text.strip():
+            raise InvalidRequest("the last user message is blank: ask something")
+        return text
+
+    def system_prompt(self) -> str | None:
+        parts = [m.text() for m in self.messages if m.role in ("system", "developer")]
+        return "\n\n".join(p for p in parts if p.strip()) or None
+
+
+def last_user_text(messages: list[Message]) -> str:
+    for message in reversed(messages):
+        if message.role == "user":
+            return message.text()
+    raise InvalidRequest("messages need at least one message with role 'user'")
+
+
+def request_filter(obj: object) -> NormFilter | None:
+    """Either filter syntax; `timestamp` values given in milliseconds (as AutoRAG and AI Search
+    document them, sometimes as strings) become the index's seconds."""
+    parsed = parse_filter(obj) if obj else None
+    if parsed and "timestamp" in parsed:
+        parsed["timestamp"] = {
+            op: [_seconds(v) for v in want] if isinstance(want, list) else _seconds(want)
+            for op, want in parsed["timestamp"].items()
+        }
+    return parsed
+
+
+def _seconds(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 1e11:
+        return int(value // 1000)
+    return value
+
+
+@dataclass
+class SearchPlan:
+    """What one request asks of retrieval, and the options it cannot honour yet."""
+
+    retrieval: RetrievalOptions
+    context_expansion: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_search(runtime: Runtime, cfg: InstanceConfig, options: AISearchOptions) -> SearchPlan:
+    r = options.retrieval
+    for boost in r.boost_by:
+        declared = {f.field_name for f in cfg.custom_metadata}
+        if boost.field != "timestamp" and boost.field not in declared:
+            raise InvalidRequest(
+                f"boost_by field {boost.field!r} is neither 'timestamp' nor a custom_metadata "
+                "field of this instance"
+            )
+    retrieval = runtime.default_options(
+        cfg,
+        retrieval_type=r.retrieval_type,
+        fusion_method=r.fusion_method,
+        keyword_match_mode=r.keyword_match_mode,
+        match_threshold=r.match_threshold,
+        max_num_results=r.max_num_results,
+        filters=request_filter(r.filters),
+    )
+    notes = []
+    if options.query_rewrite.enabled or (
+        options.query_rewrite.enabled is None and cfg.rewrite_query
+    ):
+        notes.append("query_rewrite is not supported yet: the query was used as given")
+    if options.reranking.enabled or (options.reranking.enabled is None and cfg.reranking):
+        notes.append("reranking is not supported yet: results are in retrieval order")
+    if options.cache.enabled or (options.cache.enabled is None and cfg.cache):
+        notes.append("the similarity cache is not supported yet: nothing was cached")
+    if r.boost_by:
+        notes.append("boost_by is not supported yet: results are unboosted")
+    return SearchPlan(retrieval, r.context_expansion, notes)
+
+
+def note_messages(notes: list[str]) -> list[dict[str, Any]]:
+    return [{"code": 7100 + n, "message": text} for n, text in enumerate(notes, 1)]

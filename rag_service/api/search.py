@@ -1,0 +1,148 @@
+"""AI Search's search and chat completions over one instance."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Controller, Request, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from rag_service.api.errors import envelope
+from rag_service.api.options import (
+    ChatRequest,
+    SearchPlan,
+    SearchRequest,
+    note_messages,
+    plan_search,
+)
+from rag_service.api.requests import read_json
+from rag_service.api.shapes import aisearch_chunk, aisearch_search_result
+from rag_service.api.sse import DONE, event_stream, sse
+from rag_service.providers.protocols import Generator, Usage
+from rag_service.retrieve.expand import expand_context
+from rag_service.retrieve.generate import Prompt, generate_answer
+from rag_service.retrieve.search import ScoredChunk
+from rag_service.runtime import Runtime
+
+
+async def expanded(
+    runtime: Runtime, instance_id: str, plan: SearchPlan, chunks: list[ScoredChunk]
+) -> list[ScoredChunk]:
+    if not plan.context_expansion:
+        return chunks
+    _, cfg = await runtime.get_instance(instance_id)
+    index = await runtime.index(instance_id, cfg)
+    return await expand_context(index, chunks, plan.context_expansion)
+
+
+def completion(
+    completion_id: str, model: str, text: str, chunks: list[ScoredChunk], usage: Usage
+) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        },
+        "chunks": [aisearch_chunk(c) for c in chunks],
+    }
+
+
+def delta(completion_id: str, model: str, content: str | None, finish: str | None) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "delta": {}, "finish_reason": finish}
+    if content is not None:
+        choice["delta"] = {"role": "assistant", "content": content}
+    return sse(
+        {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+        }
+    )
+
+
+class SearchController(Controller):
+    path = "/instances/{instance_id:str}"
+
+    @post("/search", status_code=200)
+    async def search(
+        self,
+        runtime: NamedDependency[Runtime],
+        request: Request[Any, Any, Any],
+        instance_id: FromPath[str],
+    ) -> dict[str, Any]:
+        body = await read_json(request, SearchRequest)
+        _, cfg = await runtime.get_instance(instance_id)
+        plan = plan_search(runtime, cfg, body.ai_search_options)
+        query = body.question()
+        chunks = await runtime.search(instance_id, query, plan.retrieval)
+        chunks = await expanded(runtime, instance_id, plan, chunks)
+        result = envelope(aisearch_search_result(query, chunks))
+        result["messages"] = note_messages(plan.notes)
+        return result
+
+    @post("/chat/completions", status_code=200)
+    async def chat_completions(
+        self,
+        runtime: NamedDependency[Runtime],
+        request: Request[Any, Any, Any],
+        instance_id: FromPath[str],
+    ) -> Any:
+        body = await read_json(request, ChatRequest)
+        _, cfg = await runtime.get_instance(instance_id)
+        plan = plan_search(runtime, cfg, body.ai_search_options)
+        generator, prompt = await runtime.answer_prompt(
+            instance_id,
+            body.question(),
+            plan.retrieval,
+            model=body.model or None,
+            system_prompt=body.system_prompt(),
+        )
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        max_tokens = runtime.settings.generation_max_tokens
+        if not body.stream:
+            usage = Usage()
+            pieces = [p async for p in generate_answer(generator, prompt, max_tokens, usage)]
+            return completion(
+                completion_id, generator.model_id, "".join(pieces), prompt.used, usage
+            )
+        return event_stream(
+            streamed(completion_id, generator.model_id, generator, prompt, max_tokens)
+        )
+
+
+async def streamed(
+    completion_id: str, model: str, generator: Generator, prompt: Prompt, max_tokens: int
+) -> AsyncIterator[bytes]:
+    """OpenAI's chunk events as the model writes, then one event with the sources."""
+    try:
+        async for piece in generate_answer(generator, prompt, max_tokens):
+            yield delta(completion_id, model, piece, None)
+        yield delta(completion_id, model, None, "stop")
+    except Exception as exc:  # the stream has started: report in-band
+        yield sse({"error": {"message": getattr(exc, "message", "generation failed")}})
+    yield sse(
+        {
+            "id": completion_id,
+            "object": "chat.completion.chunks",
+            "chunks": [aisearch_chunk(c) for c in prompt.used],
+        }
+    )
+    yield DONE

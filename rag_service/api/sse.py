@@ -1,0 +1,28 @@
+"""Server-sent events: one `data:` line per JSON event, sent as it is produced."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar.response import Stream
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def event_stream(events: AsyncIterator[bytes]) -> Stream:
+    return Stream(
+        events,
+        media_type="text/event-stream",
+        # Litestar applies the handler's JSON media type unless the header is set explicitly.
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        },
+    )

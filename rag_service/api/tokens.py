@@ -1,0 +1,74 @@
+"""API tokens through the API, in the shape of Cloudflare's account-owned API tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.params import FromPath, FromQuery
+from pydantic import Field
+
+from rag_service.api.auth import token_identity
+from rag_service.api.errors import envelope
+from rag_service.api.options import Lenient
+from rag_service.api.paging import check_page, paged
+from rag_service.api.requests import read_json
+from rag_service.tokens import StoredToken, TokenStore
+
+
+class TokenCreate(Lenient):
+    name: str = Field(min_length=1, max_length=120)
+    policies: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def token_view(token: StoredToken) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "name": token.name,
+        "status": token.status,
+        "issued_on": token.issued_on,
+        "modified_on": token.issued_on,
+        "policies": [],
+    }
+
+
+def store(request: Request[Any, Any, Any]) -> TokenStore:
+    tokens: TokenStore = request.app.state.tokens
+    return tokens
+
+
+class TokensController(Controller):
+    """Tokens made here are accepted like those of RAGD_API_TOKENS; `policies` are ignored
+    (every token may use the whole API)."""
+
+    path = "/tokens"
+
+    @post("/", status_code=200)
+    async def create_token(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        body = await read_json(request, TokenCreate)
+        token, value = store(request).create(body.name)
+        return envelope({**token_view(token), "value": value})
+
+    @get("/")
+    async def list_tokens(
+        self,
+        request: Request[Any, Any, Any],
+        page: FromQuery[int] = 1,
+        per_page: FromQuery[int] = 20,
+    ) -> dict[str, Any]:
+        check_page(page, per_page)
+        tokens = store(request).list()
+        start = (page - 1) * per_page
+        shown = [token_view(t) for t in tokens[start : start + per_page]]
+        return paged(shown, page, per_page, len(tokens))
+
+    @get("/verify")
+    async def verify(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        return envelope({"id": token_identity(request), "status": "active"})
+
+    @delete("/{token_id:str}", status_code=200)
+    async def delete_token(
+        self, request: Request[Any, Any, Any], token_id: FromPath[str]
+    ) -> dict[str, Any]:
+        store(request).delete(token_id)
+        return envelope({"id": token_id})

@@ -1,0 +1,119 @@
+"""Instances, jobs, job logs and items in AI Search's JSON shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rag_service.config import Settings
+from rag_service.instances import InstanceConfig
+from rag_service.models import Instance, Item, Job, JobLog
+
+NAMESPACE = "default"
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def instance_type(row: Instance, cfg: InstanceConfig) -> str | None:
+    """AI Search knows `r2` and `web-crawler`; a bucket (R2 or S3) is `r2`, a folder none."""
+    return "r2" if cfg.type in ("r2", "s3") or row.source.startswith("s3://") else None
+
+
+def instance_view(
+    row: Instance, cfg: InstanceConfig, settings: Settings, last_activity: datetime | None = None
+) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "created_at": iso(row.created_at),
+        "modified_at": iso(row.modified_at),
+        "last_activity": iso(last_activity),
+        "namespace": NAMESPACE,
+        "type": instance_type(row, cfg),
+        "source": row.source,
+        "source_params": cfg.source_params.model_dump(),
+        "status": "active",
+        "enable": True,
+        "paused": False,
+        "ai_search_model": cfg.ai_search_model or settings.generation_model,
+        "embedding_model": cfg.embedding_model or settings.embedding_model,
+        "chunk": cfg.chunk,
+        "chunk_size": cfg.chunk_size,
+        "chunk_overlap": cfg.chunk_overlap,
+        "rewrite_query": cfg.rewrite_query,
+        "rewrite_model": cfg.rewrite_model,
+        "reranking": cfg.reranking,
+        "reranking_model": cfg.reranking_model,
+        "max_num_results": cfg.max_num_results,
+        "score_threshold": cfg.score_threshold,
+        "index_method": cfg.index_method.model_dump(),
+        "hybrid_search_enabled": cfg.index_method.vector and cfg.index_method.keyword,
+        "fusion_method": cfg.fusion_method,
+        "indexing_options": cfg.indexing_options.model_dump(),
+        "cache": cfg.cache,
+        "cache_threshold": cfg.cache_threshold,
+        "sync_interval": cfg.sync_interval,
+        "custom_metadata": [f.model_dump() for f in cfg.custom_metadata],
+        "system_prompt_aisearch": cfg.system_prompt,
+    }
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "source": job.source if job.source in ("user", "schedule") else "user",
+        "description": job.description,
+        "status": job.status,
+        "started_at": iso(job.started_at),
+        "ended_at": iso(job.ended_at),
+        "last_seen_at": iso(job.last_seen_at),
+        "end_reason": job.end_reason,
+        "counts": job.counts,
+    }
+
+
+def queued_job_view(job_id: str, description: str | None) -> dict[str, Any]:
+    """A job accepted but not started yet (its row appears when the sync begins)."""
+    return {
+        "id": job_id,
+        "source": "user",
+        "description": description,
+        "status": "queued",
+        "started_at": None,
+        "ended_at": None,
+        "last_seen_at": None,
+        "end_reason": None,
+        "counts": {},
+    }
+
+
+def log_view(line: JobLog) -> dict[str, Any]:
+    return {
+        "id": line.id,
+        "created_at": line.created_at.timestamp(),
+        "message": line.message,
+        "message_type": line.message_type,
+    }
+
+
+def item_view(item: Item) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "key": item.key,
+        "namespace": NAMESPACE,
+        "status": item.status if item.status in ITEM_STATUSES else "error",
+        "error": item.error,
+        "checksum": item.etag,
+        "file_size": item.size,
+        "chunks_count": item.chunks_count,
+        "metadata": {k: v for k, v in item.metadata_.items() if isinstance(v, str | int | float)},
+        "created_at": iso(item.created_at),
+        "last_seen_at": iso(item.last_seen_at),
+        "modified_at": item.last_modified,
+        "source_id": "builtin",
+        "next_action": None,
+    }
+
+
+ITEM_STATUSES = ("queued", "running", "completed", "error", "skipped", "outdated")

@@ -1,0 +1,56 @@
+"""An instance's numbers: items by status, last activity, index size."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from rag_service.models import Item, Job
+from rag_service.runtime import Runtime
+
+STATUSES = ("queued", "running", "completed", "error", "skipped", "outdated")
+ERRORS_SHOWN = 50
+
+
+async def last_activity(runtime: Runtime, instance_id: str) -> datetime | None:
+    async with runtime.sessions() as session:
+        job: datetime | None = await session.scalar(
+            select(func.max(Job.last_seen_at)).where(Job.instance_id == instance_id)
+        )
+        item: datetime | None = await session.scalar(
+            select(func.max(Item.updated_at)).where(Item.instance_id == instance_id)
+        )
+    return max((t for t in (job, item) if t is not None), default=None)
+
+
+async def instance_stats(runtime: Runtime, instance_id: str) -> dict[str, Any]:
+    """AI Search's stats: counts per item status, errors by file, vectors in the index."""
+    _, cfg = await runtime.get_instance(instance_id)
+    async with runtime.sessions() as session:
+        rows = await session.execute(
+            select(Item.status, func.count())
+            .where(Item.instance_id == instance_id)
+            .group_by(Item.status)
+        )
+        counts = {status: 0 for status in STATUSES}
+        for status, n in rows.all():
+            counts[status] = counts.get(status, 0) + int(n)
+        errors = await session.execute(
+            select(Item.key, Item.error)
+            .where(Item.instance_id == instance_id, Item.status == "error")
+            .order_by(Item.key)
+            .limit(ERRORS_SHOWN)
+        )
+        file_errors = {key: error or "" for key, error in errors.all()}
+    index = await runtime.index(instance_id, cfg)
+    return {
+        **counts,
+        "last_activity": (await last_activity(runtime, instance_id) or None),
+        "file_embed_errors": file_errors,
+        "index_source_errors": {},
+        "engine": {
+            "vectorize": {"dimensions": index.spec.dimensions, "vectorsCount": await index.count()}
+        },
+    }
