@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from rag_service.retrieve.filters import matches
+from rag_service.errors import InvalidRequest
+from rag_service.retrieve.filters import matches, validate_filter
 
 MAX_DIMENSIONS = 1536
 MAX_BATCH = 5000
@@ -177,7 +178,7 @@ class FakeVectorize:
                 f"vector dimension mismatch: index {index.name!r} expects "
                 f"{index.dimensions} dimensions, got {got}",
             )
-        if len(json.dumps(meta, separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
+        if len(json.dumps(meta, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
             raise FakeError(400, 40011, f"metadata of vector {rid!r} is larger than 10 KiB")
         if any(not k or "." in k or '"' in k or k.startswith("$") for k in meta):
             raise FakeError(400, 40013, f"vector {rid!r} has an invalid metadata key")
@@ -199,7 +200,10 @@ class FakeVectorize:
             raise FakeError(
                 400, 40015, f"topK must be 1..{limit} with these return options, got {top_k}"
             )
-        flt, ns = q.get("filter") or {}, q.get("namespace")
+        try:
+            flt, ns = validate_filter(q.get("filter") or {}), q.get("namespace")
+        except InvalidRequest as exc:
+            raise FakeError(400, 40021, f"invalid filter: {exc.message}") from None
         hits = []
         for rid, sv in index.vectors.items():
             if ns is not None and sv.namespace != ns:

@@ -70,17 +70,20 @@ def fit_metadata(rid: str, metadata: Mapping[str, MetadataValue]) -> dict[str, M
     cut at a character boundary (the full text stays in the local keyword store)."""
     meta: dict[str, MetadataValue] = {k: v for k, v in metadata.items() if v is not None}
 
-    def size(m: Mapping[str, Any]) -> int:
-        return len(json.dumps(m, ensure_ascii=False, separators=(",", ":")).encode())
+    def size(m: Mapping[str, Any]) -> int:  # \u-escaped: the larger way to count
+        return len(json.dumps(m, separators=(",", ":")))
 
-    over = size(meta) - MAX_METADATA_BYTES
     text = meta.get("text")
-    while over > 0 and isinstance(text, str) and text:
-        raw = text.encode()
-        text = raw[: max(0, len(raw) - over - 8)].decode(errors="ignore")
-        meta["text"] = text
-        over = size(meta) - MAX_METADATA_BYTES
-    if over > 0:
+    if size(meta) > MAX_METADATA_BYTES and isinstance(text, str):
+        lo, hi = 0, len(text)  # the longest prefix that fits, by bisection
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if size({**meta, "text": text[:mid]}) <= MAX_METADATA_BYTES:
+                lo = mid
+            else:
+                hi = mid - 1
+        meta["text"] = text[:lo]
+    if size(meta) > MAX_METADATA_BYTES:
         raise InvalidRequest(f"chunk {rid!r}: metadata over Vectorize's 10 KiB even without text")
     return meta
 
