@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag_service.errors import IndexMismatch, InvalidRequest
+from rag_service.errors import BackendError, IndexMismatch, InvalidRequest
 from rag_service.providers.cloudflare import CloudflareAPI, VectorizeClient, VectorizeIndex
 from rag_service.providers.cloudflare.vectorize import MAX_UPSERT_VECTORS
 from rag_service.providers.cloudflare.vectorize_index import index_name
@@ -48,9 +48,9 @@ async def test_client_routes_and_eventual_consistency(
     assert await client.wait_for_mutation(mutation, timeout=5, poll=0.05)
     assert (await client.info())["vectorCount"] == 30
     hits = await client.query(unit(3), 3, return_metadata="all", filter={"folder": "f1/"})
-    assert [h["id"] for h in hits][0] == "v3" and all(h["metadata"]["n"] % 2 for h in hits)
+    assert hits[0]["id"] == "v3" and all(h["metadata"]["n"] % 2 for h in hits)
     assert len(await client.query(unit(3), 100)) == 30
-    with pytest.raises(Exception, match="topK must be 1..20"):
+    with pytest.raises(BackendError, match=r"topK must be 1\.\.20"):
         await client.query(unit(3), 21, return_values=True)
     got = await client.get_by_ids([f"v{i}" for i in range(25)] + ["missing"])
     assert [g["id"] for g in got] == [f"v{i}" for i in range(25)]
