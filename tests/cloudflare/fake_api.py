@@ -104,6 +104,10 @@ class FakeCloudflare:
         self._rng = random.Random(self.seed)
         self._windows: dict[str, deque[float]] = {}
 
+    def inject(self, faults: Faults, seed: int) -> None:
+        """Fail requests from now on as `faults` says, drawing from a fresh `seed`."""
+        self.faults, self._rng = faults, random.Random(seed)
+
     @property
     def mutation_delay(self) -> float:
         return self.vectorize.mutation_delay
