@@ -10,6 +10,8 @@ from rag_service.instances import InstanceConfig
 from rag_service.models import Instance, Item, Job, JobLog
 
 NAMESPACE = "default"
+CACHE_TTL = 86400  # the answer cache is not configurable yet; AI Search requires a value
+ENGINE_VERSION = 1.0
 
 
 def iso(value: datetime | None) -> str | None:
@@ -53,6 +55,9 @@ def instance_view(
         "indexing_options": cfg.indexing_options.model_dump(),
         "cache": cfg.cache,
         "cache_threshold": cfg.cache_threshold,
+        "cache_ttl": CACHE_TTL,
+        "summarization": False,
+        "engine_version": ENGINE_VERSION,
         "sync_interval": cfg.sync_interval,
         "custom_metadata": [f.model_dump() for f in cfg.custom_metadata],
         "system_prompt_aisearch": cfg.system_prompt,
