@@ -9,15 +9,19 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Coroutine, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select, update
 
+from rag_service.config import Settings
 from rag_service.errors import BackendError, RagError
 from rag_service.models import Job, JobLog
 from rag_service.paging import count_and_page
 from rag_service.runtime import Runtime
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
 
 log = logging.getLogger("ragd.jobs")
 JobRunner = Literal["inline", "queue"]
@@ -107,16 +111,17 @@ class InlineJobs:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def enqueue_sync(runtime: Runtime, instance_id: str) -> tuple[str, bool]:
-    """Queue a sync for `ragd worker` (as `ragd sync` does) without waiting for it.
-    Returns the job id and whether a worker is alive to take it."""
+@contextlib.asynccontextmanager
+async def queue_pool(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """A connection to the worker's queue (JSON jobs), closed on exit; BackendError when Redis
+    cannot be reached."""
     from arq.connections import create_pool
 
-    from workers.worker import QUEUE, deserialize, health_check_key, redis_settings, serialize
+    from workers.worker import QUEUE, deserialize, redis_settings, serialize
 
     try:
         pool = await create_pool(
-            redis_settings(runtime.settings),
+            redis_settings(settings),
             job_serializer=serialize,
             job_deserializer=deserialize,
             default_queue_name=QUEUE,
@@ -124,31 +129,40 @@ async def enqueue_sync(runtime: Runtime, instance_id: str) -> tuple[str, bool]:
     except Exception as exc:  # redis-py raises several types for an unreachable server
         raise BackendError(f"cannot reach Redis at the configured RAGD_REDIS_URL: {exc}") from exc
     try:
-        job_id = str(uuid.uuid4())
-        await pool.enqueue_job(
-            "sync_instance", instance_id, "user", job_id, _job_id=f"ragd:sync:{job_id}"
-        )
-        return job_id, bool(await pool.exists(health_check_key()))
+        yield pool
     finally:
         with contextlib.suppress(Exception):
             await pool.aclose()
+
+
+def arq_job_id(job_id: str) -> str:
+    return f"ragd:sync:{job_id}"
+
+
+async def enqueue_sync(runtime: Runtime, instance_id: str) -> tuple[str, bool]:
+    """Queue a sync for `ragd worker` (as `ragd sync` does) without waiting for it.
+    Returns the job id and whether a worker is alive to take it."""
+    from workers.worker import health_check_key
+
+    async with queue_pool(runtime.settings) as pool:
+        job_id = str(uuid.uuid4())
+        await pool.enqueue_job(
+            "sync_instance", instance_id, "user", job_id, _job_id=arq_job_id(job_id)
+        )
+        return job_id, bool(await pool.exists(health_check_key()))
 
 
 async def queued_in_redis(runtime: Runtime, job_id: str) -> bool:
-    """Whether the worker's queue still holds the job (queued, not started)."""
-    from arq.connections import create_pool
+    """Whether the worker's queue holds the job, not started or running (no row yet)."""
     from arq.jobs import Job as ArqJob
     from arq.jobs import JobStatus
 
-    from workers.worker import QUEUE, deserialize, redis_settings
+    from workers.worker import QUEUE, deserialize
 
     try:
-        pool = await create_pool(redis_settings(runtime.settings), default_queue_name=QUEUE)
-    except Exception:
+        async with queue_pool(runtime.settings) as pool:
+            job = ArqJob(arq_job_id(job_id), pool, _queue_name=QUEUE, _deserializer=deserialize)
+            status = await job.status()
+    except BackendError:
         return False
-    try:
-        job = ArqJob(f"ragd:sync:{job_id}", pool, _queue_name=QUEUE, _deserializer=deserialize)
-        return await job.status() in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
-    finally:
-        with contextlib.suppress(Exception):
-            await pool.aclose()
+    return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)

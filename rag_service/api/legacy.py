@@ -64,14 +64,9 @@ def ai_search_options(body: LegacySearchRequest) -> opt.AISearchOptions:
     )
 
 
-async def _plan(runtime: Runtime, instance_id: str, body: LegacySearchRequest) -> opt.SearchPlan:
-    _, cfg = await runtime.get_instance(instance_id)
-    return opt.plan_search(runtime, cfg, ai_search_options(body))
-
-
 async def legacy_search(runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]) -> Any:
     body = await read_json(request, LegacySearchRequest)
-    plan = await _plan(runtime, instance_id, body)
+    plan = await opt.plan_for(runtime, instance_id, ai_search_options(body))
     chunks = await runtime.search(instance_id, body.query, plan.retrieval)
     result = envelope(legacy_page(body.query, chunks))
     result["messages"] = opt.note_messages(plan.notes)
@@ -82,7 +77,7 @@ async def legacy_ai_search(
     runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]
 ) -> Any:
     body = await read_json(request, LegacySearchRequest)
-    plan = await _plan(runtime, instance_id, body)
+    plan = await opt.plan_for(runtime, instance_id, ai_search_options(body))
     generator, prompt = await runtime.answer_prompt(
         instance_id, body.query, plan.retrieval, model=body.model, system_prompt=body.system_prompt
     )

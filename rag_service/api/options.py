@@ -173,6 +173,12 @@ class SearchPlan:
     notes: list[str] = field(default_factory=list)
 
 
+async def plan_for(runtime: Runtime, instance_id: str, options: AISearchOptions) -> SearchPlan:
+    """The plan for one instance (NotFound when there is no such instance)."""
+    _, cfg = await runtime.get_instance(instance_id)
+    return plan_search(runtime, cfg, options)
+
+
 def plan_search(runtime: Runtime, cfg: InstanceConfig, options: AISearchOptions) -> SearchPlan:
     r = options.retrieval
     for boost in r.boost_by:

@@ -17,7 +17,7 @@ from rag_service.api.options import (
     SearchPlan,
     SearchRequest,
     note_messages,
-    plan_search,
+    plan_for,
 )
 from rag_service.api.requests import read_json
 from rag_service.api.shapes import aisearch_chunk, aisearch_search_result
@@ -89,8 +89,7 @@ class SearchController(Controller):
         instance_id: FromPath[str],
     ) -> dict[str, Any]:
         body = await read_json(request, SearchRequest)
-        _, cfg = await runtime.get_instance(instance_id)
-        plan = plan_search(runtime, cfg, body.ai_search_options)
+        plan = await plan_for(runtime, instance_id, body.ai_search_options)
         query = body.question()
         chunks = await runtime.search(instance_id, query, plan.retrieval)
         chunks = await expanded(runtime, instance_id, plan, chunks)
@@ -106,8 +105,7 @@ class SearchController(Controller):
         instance_id: FromPath[str],
     ) -> Any:
         body = await read_json(request, ChatRequest)
-        _, cfg = await runtime.get_instance(instance_id)
-        plan = plan_search(runtime, cfg, body.ai_search_options)
+        plan = await plan_for(runtime, instance_id, body.ai_search_options)
         generator, prompt = await runtime.answer_prompt(
             instance_id,
             body.question(),
