@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     max_file_bytes: int = 4 * 1024 * 1024
     max_text_file_bytes: int = 10 * 1024 * 1024
     sync_interval: int = 21600
+    ingest_window_chunks: int = Field(512, ge=1)  # chunks embedded together during a sync
     keyword_tokenizer: Literal["porter", "trigram"] = "porter"
 
     @field_validator("api_tokens", mode="before")

@@ -339,6 +339,7 @@ class Runtime:
             index=await self.index(instance_id, cfg),
             sessions=self.sessions,
             limits=SizeLimits(self.settings.max_file_bytes, self.settings.max_text_file_bytes),
+            window_chunks=self.settings.ingest_window_chunks,
         )
 
     async def search(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from arq.connections import create_pool
+from arq.connections import ArqRedis, create_pool
 from arq.jobs import Job as ArqJob
 from arq.jobs import JobStatus
 from sqlalchemy import func, select
@@ -15,9 +16,17 @@ from sqlalchemy import func, select
 from rag_service.errors import BackendError, RagError
 from rag_service.models import Item, Job
 from rag_service.runtime import Runtime
-from workers.worker import QUEUE, deserialize, health_check_key, redis_settings, serialize
+from workers.worker import (
+    HEALTH_CHECK_SECONDS,
+    QUEUE,
+    deserialize,
+    health_check_key,
+    redis_settings,
+    serialize,
+)
 
 FINAL = ("completed", "error", "skipped")
+WORKER_START_WAIT_S = 5.0
 Progress = Callable[[int, int | None], None]  # (items done, items planned or None)
 
 
@@ -33,23 +42,41 @@ async def enqueue_sync(runtime: Runtime, instance_id: str, progress: Progress) -
     except Exception as exc:  # redis-py raises several types for an unreachable server
         raise BackendError(f"cannot reach Redis at the configured RAGD_REDIS_URL: {exc}") from exc
     try:
-        if not await pool.exists(health_check_key()):
+        if not await _worker_alive(pool, WORKER_START_WAIT_S):
             raise RagError("no worker is running: start `ragd worker`, or sync here with --inline")
         job_id = str(uuid.uuid4())
         queued = await pool.enqueue_job(
             "sync_instance", instance_id, "user", job_id, _job_id=f"ragd:sync:{job_id}"
         )
         assert queued is not None  # a fresh uuid cannot collide
-        return await _follow(runtime, queued, job_id, progress)
+        return await _follow(runtime, pool, queued, job_id, progress)
     finally:
         await pool.aclose()
 
 
+async def _worker_alive(pool: ArqRedis, wait: float) -> bool:
+    """True once a worker's heartbeat is seen within `wait` seconds (one may be starting)."""
+    deadline = time.monotonic() + wait
+    while not await pool.exists(health_check_key()):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.25)
+    return True
+
+
 async def _follow(
-    runtime: Runtime, queued: ArqJob, job_id: str, progress: Progress
+    runtime: Runtime, pool: ArqRedis, queued: ArqJob, job_id: str, progress: Progress
 ) -> dict[str, Any]:
+    heard = time.monotonic()
     while await queued.status() != JobStatus.complete:
         progress(*await _item_progress(runtime, job_id))
+        if await pool.exists(health_check_key()):
+            heard = time.monotonic()
+        elif time.monotonic() - heard > 2 * HEALTH_CHECK_SECONDS:
+            raise BackendError(
+                "the worker stopped during the sync: start `ragd worker` again and rerun "
+                "`ragd sync` (it carries on from the items already indexed)"
+            )
         await asyncio.sleep(0.5)
     info = await queued.result_info()
     if info is None or not info.success:

@@ -1,6 +1,6 @@
-"""Index items a window at a time: fetch -> extract -> chunk each (in threads), embed the
-window's chunks together, then write and record each item. Every outcome is recorded; one
-item's failure never reaches another."""
+"""Index items a window at a time: fetch -> extract -> chunk each (in threads, a group of items
+at once), embed the window's chunks together, then write and record each item. Every outcome is
+recorded; one item's failure never reaches another."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from rag_service.providers.protocols import Embedder, ObjectInfo, ObjectSource, 
 
 log = logging.getLogger(__name__)
 
-# Items prepared together and embedded in one call.
-WINDOW = 32
+# Items fetched, extracted and chunked at the same time.
+PREPARE_GROUP = 32
 
 
 @dataclass
@@ -37,6 +37,10 @@ class SyncContext:
     index: VectorIndex
     sessions: record.Sessions
     limits: SizeLimits
+    # Chunks embedded in one call. Large windows keep the embedder's batches full (a partial
+    # batch per window costs ~15% with MiniLM on 2 cores at 32 items); an interrupted sync
+    # redoes at most one window.
+    window_chunks: int = 512
 
     @property
     def overlap_stages(self) -> bool:
@@ -63,6 +67,14 @@ class Prepared:
 
     ready: list[tuple[ObjectInfo, list[str], Item]] = field(default_factory=list)
     done: list[Outcome] = field(default_factory=list)
+
+    @property
+    def chunks(self) -> int:
+        return sum(len(chunks) for _, chunks, _ in self.ready)
+
+    def add(self, other: Prepared) -> None:
+        self.ready += other.ready
+        self.done += other.done
 
 
 async def chunks_of(ctx: SyncContext, info: ObjectInfo) -> list[str]:

@@ -13,7 +13,7 @@ from rag_service.errors import RagError
 from rag_service.ingest import record
 from rag_service.ingest.diff import plan_sync
 from rag_service.ingest.items import (
-    WINDOW,
+    PREPARE_GROUP,
     Outcome,
     Prepared,
     SyncContext,
@@ -108,22 +108,27 @@ async def run_sync(
 async def index_all(
     ctx: SyncContext, infos: list[ObjectInfo], job_id: str, done: Callable[[Outcome], None]
 ) -> None:
-    """Index `infos` window by window; with remote models the next window is fetched and
-    chunked while this one is embedded."""
-    windows = [infos[i : i + WINDOW] for i in range(0, len(infos), WINDOW)]
-    if not windows:
+    """Index `infos`: prepare groups of items until a window holds `ctx.window_chunks` chunks,
+    then embed and write it. With remote models the next group is prepared meanwhile."""
+    groups = [infos[i : i + PREPARE_GROUP] for i in range(0, len(infos), PREPARE_GROUP)]
+    if not groups:
         return
     pending: asyncio.Future[Prepared] = asyncio.ensure_future(
-        prepare_window(ctx, windows[0], job_id)
+        prepare_window(ctx, groups[0], job_id)
     )
+    window = Prepared()
     try:
-        for n in range(len(windows)):
-            prepared = await pending
-            following = windows[n + 1] if n + 1 < len(windows) else None
-            if following is not None and ctx.overlap_stages:
+        for n in range(len(groups)):
+            window.add(await pending)
+            following = groups[n + 1] if n + 1 < len(groups) else None
+            full = following is None or window.chunks >= ctx.window_chunks
+            if following is not None and (ctx.overlap_stages or not full):
                 pending = asyncio.ensure_future(prepare_window(ctx, following, job_id))
-            for outcome in await finish_window(ctx, prepared, job_id):
+            if not full:
+                continue
+            for outcome in await finish_window(ctx, window, job_id):
                 done(outcome)
+            window = Prepared()
             if following is not None and not ctx.overlap_stages:
                 pending = asyncio.ensure_future(prepare_window(ctx, following, job_id))
     finally:

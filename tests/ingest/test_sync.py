@@ -247,3 +247,34 @@ async def test_one_item_is_indexed_or_deleted_on_its_own(runtime: Runtime, folde
         jobs = (await session.scalars(select(Job).where(Job.description.is_not(None)))).all()
     assert keys == {"animals/dogs.txt", "broken.pdf", "empty.md"}
     assert [j.status for j in jobs] == ["completed", "completed"]
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+async def test_small_windows_index_the_same(
+    runtime: Runtime, folder: Path, in_process: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag_service.ingest import items as items_module
+
+    for n in range(70):
+        write(folder / f"notes/n{n:02}.md", f"Note {n} is about topic{n} and nothing else.")
+    monkeypatch.setattr(items_module, "PREPARE_GROUP", 8)
+    monkeypatch.setattr("rag_service.ingest.sync.PREPARE_GROUP", 8)
+    runtime.settings.ingest_window_chunks = 20
+    await runtime.sync("docs")  # loads the embedder
+    emb = embedder_of(runtime)
+    monkeypatch.setattr(emb, "in_process", in_process, raising=False)
+    calls: list[int] = []
+    real = emb.embed_documents
+
+    async def counting(texts: list[str]) -> object:
+        calls.append(len(texts))
+        return await real(texts)
+
+    monkeypatch.setattr(emb, "embed_documents", counting)
+    for n in range(0, 70, 2):
+        write(folder / f"notes/n{n:02}.md", f"Note {n} is now about subject{n}.", time.time() + 5)
+    result = await runtime.sync("docs")
+    assert result.counts["changed"] == 35 and result.counts["completed"] == 35
+    assert calls == [24, 11]  # groups of 8 one-chunk items, embedded once >= 20 chunks wait
+    assert (await top_keys(runtime, "subject34", "keyword"))[0] == "notes/n34.md"
+    assert await top_keys(runtime, "topic34", "keyword") == []
