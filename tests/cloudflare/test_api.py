@@ -169,3 +169,19 @@ async def test_token_never_leaks(fake: FakeCloudflare, caplog: pytest.LogCapture
     assert not [t for t in texts if secret in t]
     assert any("retry" in t for t in texts)  # the retries were logged
     await api.aclose()
+
+
+async def test_one_shared_client_per_settings(fake: FakeCloudflare) -> None:
+    from rag_service.config import Settings
+
+    settings = Settings(
+        cloudflare_account_id=fake.account,
+        cloudflare_api_token=fake.token,
+        cloudflare_api_base=fake.base_url,
+    )
+    shared = CloudflareAPI.for_settings(settings)
+    assert CloudflareAPI.for_settings(settings.model_copy()) is shared
+    other = settings.model_copy(update={"cloudflare_gateway_id": "gw"})
+    assert CloudflareAPI.for_settings(other) is not shared
+    with pytest.raises(BackendError, match="needs RAGD_CLOUDFLARE_ACCOUNT_ID"):
+        CloudflareAPI.for_settings(Settings())
