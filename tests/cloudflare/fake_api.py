@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from rag_service.api.errors import envelope, error_body
 from tests.cloudflare.fake_vectorize import FakeError, FakeVectorize
 
 EMBEDDING_DIMENSIONS = {
@@ -152,14 +153,14 @@ class FakeCloudflare:
             result = await self._dispatch(rec, headers.get("authorization", ""), extra)
         except FakeError as err:
             rec.status = err.status
-            await _send_json(send, err.status, _error_body(err.code, err.message), extra)
+            await _send_json(send, err.status, error_body(err.code, err.message), extra)
         else:
             if isinstance(result, _Stream):
                 rec.status = 200
                 await result.send(send, self.stream_delay)
             else:
                 rec.status = 200
-                await _send_json(send, 200, _envelope(result), extra)
+                await _send_json(send, 200, envelope(result), extra)
         self.stats[f"{rec.task}:{rec.status}"] += 1
 
     async def _dispatch(self, rec: Recorded, auth: str, extra: dict[str, str]) -> Any:
@@ -334,19 +335,6 @@ class _Stream:
         tail = json.dumps({"response": "", "usage": self.usage})
         body = f"data: {tail}\n\ndata: [DONE]\n\n".encode()
         await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def _envelope(result: Any) -> dict[str, Any]:
-    return {"success": True, "errors": [], "messages": [], "result": result}
-
-
-def _error_body(code: int, message: str) -> dict[str, Any]:
-    return {
-        "success": False,
-        "errors": [{"code": code, "message": message}],
-        "messages": [],
-        "result": None,
-    }
 
 
 async def _send_json(send: Any, status: int, body: Any, extra: dict[str, str]) -> None:
