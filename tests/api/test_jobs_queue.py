@@ -17,30 +17,18 @@ from rag_service.config import Settings
 from rag_service.runtime import Runtime
 from tests.fakes import HashingEmbedder
 from tests.serving import serve
+from tests.workers.test_worker import REDIS_URL, database_url, redis  # noqa: F401
 from workers.worker import build_worker, health_check_key
 
-REDIS_URL = "redis://127.0.0.1:6379/14"  # a database of its own, emptied per test
 AUTH = {"Authorization": "Bearer test-token"}
 JOBS = "/accounts/a/ai-search/instances/docs/jobs"
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}"
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
-
-
-@pytest.fixture
 async def api(
-    settings: Settings, tmp_path: Path, redis: Redis
+    settings: Settings,
+    tmp_path: Path,
+    redis: Redis,  # noqa: F811
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     settings.redis_url = REDIS_URL
     src = tmp_path / "src"
@@ -62,7 +50,8 @@ async def job(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
 
 
 async def test_jobs_are_queued_for_the_worker(
-    api: tuple[httpx.AsyncClient, Runtime], redis: Redis
+    api: tuple[httpx.AsyncClient, Runtime],
+    redis: Redis,  # noqa: F811
 ) -> None:
     http, rt = api
     resp = await http.post(JOBS, json={"description": "queued"})
