@@ -6,11 +6,17 @@ import asyncio
 import shutil
 from typing import Any
 
+from sqlalchemy import select, update
+
 from rag_service import instances
-from rag_service.errors import Conflict
+from rag_service.errors import Conflict, InvalidRequest
 from rag_service.items import uploads_dir
-from rag_service.models import Instance
+from rag_service.models import Instance, Item
 from rag_service.runtime import Runtime, normalise_source
+
+# Settings that change what an item's chunks are: its items must be indexed again.
+REINDEX_FIELDS = frozenset({"chunk", "chunk_size", "chunk_overlap", "custom_metadata"})
+MODEL_FIELDS = frozenset({"embedding_model", "embedding_pooling", "backend"})
 
 
 async def create_instance(
@@ -38,10 +44,24 @@ async def create_instance(
 async def update_instance(
     runtime: Runtime, instance_id: str, source: str | None, changes: dict[str, Any]
 ) -> Instance:
-    """Merge `changes` (top-level fields replace) into the config; the next sync applies them."""
+    """Merge `changes` (top-level fields replace) into the config; the next sync applies them.
+
+    Items indexed under another chunking or metadata setting become `outdated` (the next sync
+    re-indexes them); the embedding model cannot change under an index that holds vectors."""
     async with runtime.sessions() as session, session.begin():
         row = await instances.get_instance(session, instance_id)
+        old = instances.instance_config(row)
         cfg = instances.validate_config({**row.config, **changes})
+        changed = {f for f in REINDEX_FIELDS | MODEL_FIELDS if getattr(old, f) != getattr(cfg, f)}
+        has_chunks = Item.instance_id == instance_id, Item.chunks_count > 0
+        if changed & MODEL_FIELDS and await session.scalar(select(Item.id).where(*has_chunks)):
+            raise InvalidRequest(
+                "the embedding model and pooling of an instance cannot change once it has "
+                "indexed items: create a new instance instead"
+            )
+        if changed & REINDEX_FIELDS:
+            completed = Item.instance_id == instance_id, Item.status == "completed"
+            await session.execute(update(Item).where(*completed).values(status="outdated"))
         row.config = cfg.model_dump(mode="json")
         if source:
             row.source = normalise_source(source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -44,13 +45,27 @@ async def instance_stats(runtime: Runtime, instance_id: str) -> dict[str, Any]:
             .limit(ERRORS_SHOWN)
         )
         file_errors = {key: error or "" for key, error in errors.all()}
+        usages = await session.scalars(select(Job.counts).where(Job.instance_id == instance_id))
+        usage = sum_usage(counts.get("usage") or {} for counts in usages.all())
     index = await runtime.index(instance_id, cfg)
     return {
         **counts,
         "last_activity": (await last_activity(runtime, instance_id) or None),
         "file_embed_errors": file_errors,
         "index_source_errors": {},
+        "usage": usage,
         "engine": {
             "vectorize": {"dimensions": index.spec.dimensions, "vectorsCount": await index.count()}
         },
     }
+
+
+def sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Workers AI usage of all of an instance's jobs: calls, tokens, estimated neurons and USD."""
+    keys = ("calls", "input_tokens", "output_tokens", "neurons", "usd")
+    total: dict[str, Any] = dict.fromkeys(keys, 0)
+    for usage in usages:
+        for key in keys:
+            total[key] += usage.get(key, 0)
+    total["neurons"], total["usd"] = round(total["neurons"], 3), round(total["usd"], 9)
+    return total

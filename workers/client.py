@@ -8,22 +8,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from arq.connections import ArqRedis, create_pool
+from arq.connections import ArqRedis
 from arq.jobs import Job as ArqJob
 from arq.jobs import JobStatus
 from sqlalchemy import func, select
 
 from rag_service.errors import BackendError, RagError
+from rag_service.jobs import arq_job_id, queue_pool
 from rag_service.models import Item, Job
 from rag_service.runtime import Runtime
-from workers.worker import (
-    HEALTH_CHECK_SECONDS,
-    QUEUE,
-    deserialize,
-    health_check_key,
-    redis_settings,
-    serialize,
-)
+from workers.worker import HEALTH_CHECK_SECONDS, health_check_key
 
 FINAL = ("completed", "error", "skipped")
 WORKER_START_WAIT_S = 5.0
@@ -32,26 +26,15 @@ Progress = Callable[[int, int | None], None]  # (items done, items planned or No
 
 async def enqueue_sync(runtime: Runtime, instance_id: str, progress: Progress) -> dict[str, Any]:
     """Queue `sync_instance` and wait for its result, reporting item progress from the database."""
-    try:
-        pool = await create_pool(
-            redis_settings(runtime.settings),
-            job_serializer=serialize,
-            job_deserializer=deserialize,
-            default_queue_name=QUEUE,
-        )
-    except Exception as exc:  # redis-py raises several types for an unreachable server
-        raise BackendError(f"cannot reach Redis at the configured RAGD_REDIS_URL: {exc}") from exc
-    try:
+    async with queue_pool(runtime.settings) as pool:
         if not await _worker_alive(pool, WORKER_START_WAIT_S):
             raise RagError("no worker is running: start `ragd worker`, or sync here with --inline")
         job_id = str(uuid.uuid4())
         queued = await pool.enqueue_job(
-            "sync_instance", instance_id, "user", job_id, _job_id=f"ragd:sync:{job_id}"
+            "sync_instance", instance_id, "user", job_id, _job_id=arq_job_id(job_id)
         )
         assert queued is not None  # a fresh uuid cannot collide
         return await _follow(runtime, pool, queued, job_id, progress)
-    finally:
-        await pool.aclose()
 
 
 async def _worker_alive(pool: ArqRedis, wait: float) -> bool:

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Items fetched, extracted and chunked at the same time.
 PREPARE_GROUP = 32
+# Items written to the index and recorded at the same time.
+WRITE_CONCURRENCY = 16
 
 
 @dataclass
@@ -45,7 +47,8 @@ class SyncContext:
     @property
     def overlap_stages(self) -> bool:
         """Prepare the next window while this one embeds, unless the model runs on our own
-        CPU: there, concurrent extraction slows the forward passes more than it saves."""
+        CPU: there, overlapping measured slower (bench/ingest.py, 200 docs, medians of 3 runs:
+        ratio 0.879 overlapped against 0.931 in turn)."""
         return not getattr(self.embedder, "in_process", False)
 
 
@@ -110,10 +113,15 @@ async def prepare_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str)
 
 async def finish_window(ctx: SyncContext, prepared: Prepared, job_id: str) -> list[Outcome]:
     vectors = await embed_groups(ctx.embedder, [chunks for _, chunks, _ in prepared.ready])
-    outcomes = list(prepared.done)
-    for (info, chunks, item), vecs in zip(prepared.ready, vectors, strict=True):
-        outcomes.append(await _write(ctx, info, chunks, item, vecs, job_id))
-    return outcomes
+    limit = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+    async def write(ready: tuple[ObjectInfo, list[str], Item], vecs: Vector | RagError) -> Outcome:
+        async with limit:
+            return await _write(ctx, *ready, vecs, job_id)
+
+    # Concurrent writes let a remote index merge them into fewer requests.
+    written = await asyncio.gather(*map(write, prepared.ready, vectors))
+    return [*prepared.done, *written]
 
 
 async def index_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str) -> list[Outcome]:

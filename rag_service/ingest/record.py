@@ -86,6 +86,14 @@ async def set_job_counts(sessions: Sessions, job_id: str, counts: dict[str, Any]
         )
 
 
+async def set_job_usage(sessions: Sessions, job_id: str, usage: dict[str, Any]) -> None:
+    """Keep a job's model usage beside its counts (`counts["usage"]`)."""
+    async with sessions() as session, session.begin():
+        job = await session.get(Job, job_id)
+        if job is not None:
+            job.counts = {**job.counts, "usage": usage}
+
+
 async def finish_job(
     sessions: Sessions, job_id: str, status: str, end_reason: str, counts: dict[str, Any]
 ) -> None:

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rag_service.errors import RagError
 from rag_service.ingest import record
@@ -25,7 +26,10 @@ from rag_service.ingest.items import (
 from rag_service.ingest.list import list_source
 from rag_service.ingest.retry import retry_transient
 from rag_service.models import Item, utcnow
+from rag_service.providers.cloudflare.usage import UsageMeter
 from rag_service.providers.protocols import ObjectInfo
+
+SETTLE_TIMEOUT_S = 120.0
 
 __all__ = ["Progress", "SyncContext", "SyncResult", "delete_one", "index_one", "run_sync"]
 
@@ -38,6 +42,7 @@ class SyncResult:
     counts: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     transient: bool = False  # failed for a passing reason: worth running again later
+    usage: dict[str, Any] = field(default_factory=dict)  # Workers AI calls, tokens, neurons
 
 
 Progress = Callable[[str, ObjectInfo | Item, str], None]
@@ -49,7 +54,27 @@ async def run_sync(
     progress: Progress | None = None,
     job_id: str | None = None,
 ) -> SyncResult:
-    """Sync an instance's index with its source; one item's failure never stops the job."""
+    """Sync an instance's index with its source; one item's failure never stops the job.
+    Workers AI calls made for it are recorded with the job (tokens, estimated neurons)."""
+    meter = UsageMeter()
+    with meter.attach():
+        result = await _run_sync(ctx, job_source, progress, job_id)
+    usage = meter.snapshot()
+    if usage["calls"]:
+        result.usage = usage
+        await record.set_job_usage(ctx.sessions, result.job_id, usage)
+        await record.log_line(
+            ctx.sessions,
+            result.job_id,
+            f"Workers AI: {usage['calls']} calls, {usage['input_tokens']} tokens in, "
+            f"{usage['output_tokens']} out, about {usage['neurons']} neurons (${usage['usd']:.4f})",
+        )
+    return result
+
+
+async def _run_sync(
+    ctx: SyncContext, job_source: str, progress: Progress | None, job_id: str | None
+) -> SyncResult:
     started = time.perf_counter()
     await record.end_interrupted_jobs(ctx.sessions, ctx.instance_id)
     job = await record.start_job(ctx.sessions, ctx.instance_id, job_source, job_id=job_id)
@@ -87,6 +112,7 @@ async def run_sync(
                 progress(outcome.status, outcome.info, outcome.detail)
 
         await index_all(ctx, plan.to_index, job.id, done)
+        await settle_index(ctx, job.id)
     except RagError as exc:
         reason = f"sync failed: {exc.message}"
         await record.log_line(ctx.sessions, job.id, reason, record.ERROR)
@@ -103,6 +129,26 @@ async def run_sync(
     await record.log_line(ctx.sessions, job.id, f"done: {reason}")
     await record.finish_job(ctx.sessions, job.id, "completed", reason, dict(counts))
     return SyncResult(job.id, "completed", reason, counts, time.perf_counter() - started)
+
+
+async def settle_index(ctx: SyncContext, job_id: str) -> bool:
+    """Wait for an eventually consistent index (Vectorize) to apply this job's writes, and say
+    in the job's log whether it did."""
+    settle = getattr(ctx.index, "settle", None)
+    if settle is None:
+        return True
+    caught_up = bool(await settle(SETTLE_TIMEOUT_S))
+    if caught_up:
+        await record.log_line(ctx.sessions, job_id, "the index has applied every write")
+    else:
+        await record.log_line(
+            ctx.sessions,
+            job_id,
+            f"the index had not applied every write after {SETTLE_TIMEOUT_S:.0f} s: searches "
+            "may miss the newest changes for a while",
+            record.WARNING,
+        )
+    return caught_up
 
 
 async def index_all(
@@ -151,6 +197,7 @@ async def index_one(ctx: SyncContext, key: str, job_source: str = "user") -> Out
         else:
             await record.queue_items(ctx.sessions, ctx.instance_id, [info], job.id)
             [outcome] = await index_window(ctx, [info], job.id)
+        await settle_index(ctx, job.id)
     except RagError as exc:
         await record.finish_job(ctx.sessions, job.id, "failed", exc.message, {})
         raise

@@ -307,3 +307,29 @@ async def test_readyz_metrics_schema(client: httpx.AsyncClient) -> None:  # noqa
     schema = (await client.get("/schema/openapi.json", headers=AUTH)).json()
     chat = "/accounts/{account_id}/ai-search/instances/{instance_id}/chat/completions"
     assert "post" in schema["paths"][chat]
+
+
+async def test_a_chunking_change_marks_items_outdated_until_the_next_sync(
+    client: httpx.AsyncClient,  # noqa: F811
+) -> None:
+    async def stats() -> dict[str, Any]:
+        result: dict[str, Any] = (await client.get(f"{INSTANCE}/stats", headers=AUTH)).json()[
+            "result"
+        ]
+        return result
+
+    assert (await stats())["completed"] == 2
+    resp = await client.put(INSTANCE, json={"chunk_size": 128}, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    changed = await stats()
+    assert changed["outdated"] == 2 and changed["completed"] == 0
+    other_model = {"embedding_model": "BAAI/bge-small-en-v1.5"}
+    assert_error(await client.put(INSTANCE, json=other_model, headers=AUTH), 400, "cannot change")
+    job_id = (await client.post(f"{INSTANCE}/jobs", json={}, headers=AUTH)).json()["result"]["id"]
+    for _ in range(200):
+        job = (await client.get(f"{INSTANCE}/jobs/{job_id}", headers=AUTH)).json()["result"]
+        if job["ended_at"]:
+            break
+    assert job["status"] == "completed"
+    again = await stats()
+    assert again["completed"] == 2 and again["outdated"] == 0

@@ -10,11 +10,12 @@ from pathlib import Path
 from sqlalchemy import select
 
 from rag_service.config import Settings
-from rag_service.models import Item
+from rag_service.models import Item, Job, JobLog
 from rag_service.providers.cloudflare import UsageMeter, VectorizeIndex, index_name
 from rag_service.retrieve.generate import generate_answer
 from rag_service.retrieve.search import RetrievalOptions
 from rag_service.runtime import Runtime
+from rag_service.stats import instance_stats
 from tests.cloudflare.fake_api import FakeCloudflare, Faults
 from tests.ingest.test_manifest import manifest
 
@@ -54,7 +55,18 @@ async def test_cloudflare_instance_end_to_end(
         assert fake.poolings and set(fake.poolings) == {"cls"}
         assert fake.stats["embeddings:429"] + fake.stats["vectorize:429"] > 0
         assert sum(n for k, n in fake.stats.items() if k.endswith(":500")) > 0
-        assert meter.snapshot()["models"]["@cf/baai/bge-base-en-v1.5"]["calls"] >= 1
+        usage = meter.snapshot()
+        assert usage["models"]["@cf/baai/bge-base-en-v1.5"]["calls"] >= 1
+        # The job keeps its own usage (the same calls), and the stats add up every job's.
+        assert result.usage["calls"] == usage["calls"] and result.usage["neurons"] > 0
+        async with rt.sessions() as session:
+            job = await session.get(Job, result.job_id)
+            assert job is not None and job.counts["usage"]["input_tokens"] > 0
+            log = (await session.scalars(select(JobLog.message))).all()
+        assert any(line.startswith("Workers AI: ") and "neurons" in line for line in log)
+        assert any("the index has applied every write" in line for line in log)
+        stats = await instance_stats(rt, "docs")
+        assert stats["usage"]["calls"] == usage["calls"]
 
         for key, outcome, phrase in manifest(docs_dir):
             if not outcome.startswith("completed") or phrase is None:
