@@ -306,6 +306,41 @@ def ask(
     _run(go())
 
 
+@app.command("eval")
+def eval_cmd(
+    beir: Annotated[
+        Path,
+        typer.Option("--beir", exists=True, file_okay=False, help="A BEIR-format folder."),
+    ],
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write per-mode metrics to this file.")
+    ] = None,
+    match_threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Vector similarity floor.")
+    ] = 0.0,
+) -> None:
+    """Retrieval quality on a BEIR folder: its corpus is indexed into a fresh temporary
+    instance, its judged queries run in every retrieval mode (nDCG@10, Recall@10/100, MRR@10)."""
+    from rag_service.evaluation.report import result_table
+    from rag_service.evaluation.run import run_eval
+
+    _quiet_models()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err
+    ) as bar:
+        task = bar.add_task("indexing", total=None)
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        result = _run(
+            run_eval(_settings(), beir, match_threshold=match_threshold, progress=progress)
+        )
+    if json_file is not None:
+        json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    Console().print(result_table(result))
+
+
 @app.command("instances")
 def list_instances_cmd(data_dir: DataDir = None) -> None:
     """List instances and their sources."""

@@ -1,0 +1,157 @@
+"""Ingest a BEIR corpus into a fresh instance, run its queries in each retrieval mode, score."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rag_service.config import Settings
+from rag_service.errors import RagError
+from rag_service.evaluation.beir import BeirSet, load_beir, write_corpus
+from rag_service.evaluation.metrics import mean_scores
+from rag_service.retrieve.search import RetrievalOptions, RetrievalType, ScoredChunk
+from rag_service.runtime import EmbedderFactory, Runtime
+
+INSTANCE = "beir"
+EvalProgress = Callable[[str, int, int | None], None]  # stage, done, total
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    retrieval_type: RetrievalType
+    fusion_method: Literal["rrf", "max"] = "rrf"
+    rerank: bool = False
+
+
+_BASE = (
+    Mode("vector", "vector"),
+    Mode("keyword", "keyword"),
+    Mode("hybrid", "hybrid", "rrf"),
+    Mode("hybrid-max", "hybrid", "max"),
+)
+MODES = _BASE + tuple(dataclasses.replace(m, name=f"{m.name}+rerank", rerank=True) for m in _BASE)
+
+
+@dataclass
+class EvalResult:
+    dataset: str
+    documents: int
+    queries: int
+    chunks: int
+    ingest_seconds: float
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    query_seconds: dict[str, float] = field(default_factory=dict)
+    not_measured: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Per-mode metrics at the top level, and what the run was under `meta`."""
+        meta = {k: v for k, v in dataclasses.asdict(self).items() if k != "metrics"}
+        return {**self.metrics, "meta": meta}
+
+
+def reranking_unavailable(settings: Settings) -> str | None:
+    """Why reranked modes cannot be measured here, or None when they can."""
+    if "reranking" not in {f.name for f in dataclasses.fields(RetrievalOptions)}:
+        return "not measured: the query path has no reranker yet"
+    if not settings.reranking_model:
+        return "not measured: no reranker weights offline"
+    return None
+
+
+def rank_documents(chunks: Sequence[ScoredChunk], doc_of: Mapping[str, str]) -> list[str]:
+    """Documents best first, each scored by its best chunk (ties keep retrieval order)."""
+    best: dict[str, float] = {}
+    for c in chunks:
+        doc = doc_of.get(c.key)
+        if doc is not None and c.score > best.get(doc, float("-inf")):
+            best[doc] = c.score
+    return sorted(best, key=lambda d: -best[d])
+
+
+async def ranked_documents(
+    rt: Runtime, query: str, opts: RetrievalOptions, doc_of: Mapping[str, str], depth: int
+) -> list[str]:
+    """The top `depth` documents: asks for more chunks while several chunks of one document
+    leave fewer than `depth` documents and the index has more to give."""
+    want = depth
+    while True:
+        chunks = await rt.search(INSTANCE, query, dataclasses.replace(opts, max_num_results=want))
+        docs = rank_documents(chunks, doc_of)
+        if len(docs) >= depth or len(chunks) < want:
+            return docs[:depth]
+        want *= 2
+
+
+async def _ingest(rt: Runtime, beir: BeirSet, corpus: Path, progress: EvalProgress) -> int:
+    await rt.ensure_instance(INSTANCE, str(corpus), {"backend": "local"})
+    done = 0
+
+    def tick(status: str, obj: object, detail: str) -> None:
+        nonlocal done
+        done += 1
+        progress("indexing", done, len(beir.corpus))
+
+    result = await rt.sync(INSTANCE, job_source="eval", progress=tick)
+    if result.status != "completed":
+        raise RagError(f"indexing the corpus failed: {result.end_reason}")
+    return int(result.counts["chunks"])
+
+
+async def run_eval(
+    settings: Settings,
+    folder: Path,
+    *,
+    modes: Sequence[Mode] = MODES,
+    depth: int = 100,
+    match_threshold: float = 0.0,
+    progress: EvalProgress | None = None,
+    embedder_factory: EmbedderFactory | None = None,
+) -> EvalResult:
+    """Score every mode on one instance built in a temporary data dir (nothing is kept).
+    The match threshold defaults to 0: ranking metrics need the whole ranked list."""
+    beir = load_beir(folder)
+    report = progress or (lambda stage, done, total: None)
+    rerank_reason = reranking_unavailable(settings)
+    with tempfile.TemporaryDirectory(prefix="ragd-eval-") as tmp:
+        st = settings.model_copy(
+            update={"data_dir": Path(tmp) / "data", "database_url": None, "backend": "local"}
+        )
+        doc_of = write_corpus(beir, Path(tmp) / "corpus")
+        async with Runtime(st, embedder_factory=embedder_factory) as rt:
+            started = time.perf_counter()
+            chunks = await _ingest(rt, beir, Path(tmp) / "corpus", report)
+            _, cfg = await rt.get_instance(INSTANCE)
+            result = EvalResult(
+                folder.name, len(beir.corpus), len(beir.queries), chunks,
+                round(time.perf_counter() - started, 1),
+                settings={
+                    "embedding_model": (await rt.embedder(cfg)).model_id,
+                    "chunk_size": cfg.chunk_size,
+                    "chunk_overlap": cfg.chunk_overlap,
+                    "match_threshold": match_threshold,
+                    "depth": depth,
+                },
+            )  # fmt: skip
+            base = rt.default_options(cfg, match_threshold=match_threshold)
+            for mode in modes:
+                if mode.rerank and rerank_reason:
+                    result.not_measured[mode.name] = rerank_reason
+                    continue
+                opts = dataclasses.replace(
+                    base, retrieval_type=mode.retrieval_type, fusion_method=mode.fusion_method
+                )
+                started = time.perf_counter()
+                rankings: dict[str, list[str]] = {}
+                for n, (qid, text) in enumerate(beir.queries.items(), 1):
+                    rankings[qid] = await ranked_documents(rt, text, opts, doc_of, depth)
+                    report(mode.name, n, len(beir.queries))
+                result.query_seconds[mode.name] = round(time.perf_counter() - started, 1)
+                result.metrics[mode.name] = mean_scores(rankings, beir.qrels)
+    return result

@@ -1,0 +1,116 @@
+"""A whole eval on a tiny BEIR folder: real sync, index and query path, hashing embedder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rag_service.cli import app
+from rag_service.config import Settings
+from rag_service.evaluation.beir import load_beir
+from rag_service.evaluation.run import MODES, rank_documents, run_eval
+from rag_service.retrieve.search import ScoredChunk
+from rag_service.runtime import Runtime
+from tests.fakes import HashingEmbedder
+
+CORPUS = {
+    "volcano": ("Olympus Mons", "Olympus Mons on Mars is the tallest volcano in the Solar System."),
+    "tea": ("", "Green tea is brewed with water below boiling, around eighty degrees."),
+    "bread": ("Sourdough", "Sourdough bread rises with wild yeast during a long fermentation."),
+    "sci/7": ("", "Penguins are flightless seabirds living almost only in the southern hemisphere."),
+    "long": ("Rivers", " ".join(["The Danube river flows through Vienna and Budapest."] * 60)),
+}
+QUERIES = {
+    "q1": "tallest volcano Mars",
+    "q2": "flightless seabirds southern hemisphere",
+    "q3": "Danube Vienna Budapest",
+    "q4": "wild yeast sourdough fermentation",
+    "unjudged": "anything",
+}
+QRELS = [("q1", "volcano", 1), ("q2", "sci/7", 1), ("q3", "long", 2), ("q4", "bread", 1)]
+
+
+def write_beir(root: Path) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    with (root / "corpus.jsonl").open("w") as f:
+        for doc_id, (title, text) in CORPUS.items():
+            f.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+    with (root / "queries.jsonl").open("w") as f:
+        for qid, text in QUERIES.items():
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    rows = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in QRELS]
+    (root / "qrels" / "test.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def beir_dir(tmp_path: Path) -> Path:
+    return write_beir(tmp_path / "tiny")
+
+
+@pytest.fixture
+def hashing(monkeypatch: pytest.MonkeyPatch) -> HashingEmbedder:
+    """The model fake for runs started from the CLI, where no factory can be passed."""
+    embedder = HashingEmbedder()
+    monkeypatch.setattr(Runtime, "_local_embedder", lambda self, model, pooling: embedder)
+    return embedder
+
+
+def test_load_keeps_judged_queries_only(beir_dir: Path) -> None:
+    beir = load_beir(beir_dir)
+    assert set(beir.queries) == {"q1", "q2", "q3", "q4"}
+    assert beir.corpus["volcano"].body.startswith("Olympus Mons\n\nOlympus Mons on Mars")
+    assert beir.corpus["tea"].body.startswith("Green tea")
+    assert beir.corpus["sci/7"].filename == "sci%2F7.txt"
+
+
+async def test_every_mode_finds_the_relevant_document(tmp_path: Path, beir_dir: Path) -> None:
+    embedder = HashingEmbedder()
+    stages: list[str] = []
+    result = await run_eval(
+        Settings(data_dir=tmp_path / "unused"),
+        beir_dir,
+        depth=3,
+        progress=lambda stage, done, total: stages.append(stage),
+        embedder_factory=lambda model, pooling: embedder,
+    )
+    assert (result.documents, result.queries) == (5, 4)
+    assert result.chunks > result.documents  # the long document was split
+    assert set(result.metrics) == {"vector", "keyword", "hybrid", "hybrid-max"}
+    for scores in result.metrics.values():
+        assert scores == {"ndcg@10": 1.0, "recall@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0}
+    assert set(result.not_measured) == {m.name for m in MODES if m.rerank}
+    assert stages.count("indexing") == 5 and stages.count("hybrid") == 4
+    assert not (tmp_path / "unused").exists()  # the run kept nothing
+
+
+def test_document_scored_by_its_best_chunk() -> None:
+    def chunk(key: str, score: float) -> ScoredChunk:
+        return ScoredChunk(id=f"{key}:{score}", text="", score=score, metadata={"filename": key})
+
+    chunks = [chunk("b.txt", 0.9), chunk("a.txt", 0.5), chunk("b.txt", 0.2), chunk("x", 0.8)]
+    chunks.append(chunk("a.txt", 0.95))  # out of order: still a's best
+    assert rank_documents(chunks, {"a.txt": "A", "b.txt": "B"}) == ["A", "B"]
+
+
+def test_cli_prints_the_table_and_writes_json(
+    tmp_path: Path, beir_dir: Path, hashing: HashingEmbedder
+) -> None:
+    out = tmp_path / "eval.json"
+    run = CliRunner().invoke(app, ["eval", "--beir", str(beir_dir), "--json", str(out)])
+    assert run.exit_code == 0, run.output
+    assert "hybrid-max" in run.output and "not measured" in run.output
+    data = json.loads(out.read_text())
+    assert data["vector"]["ndcg@10"] == 1.0 and data["keyword"]["mrr@10"] == 1.0
+    assert data["meta"]["documents"] == 5 and "vector+rerank" in data["meta"]["not_measured"]
+
+
+def test_cli_refuses_a_folder_without_qrels(tmp_path: Path, hashing: HashingEmbedder) -> None:
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "1", "text": "x"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "1", "text": "x"}\n')
+    run = CliRunner().invoke(app, ["eval", "--beir", str(tmp_path)])
+    assert run.exit_code == 1
+    assert "missing qrels/test.tsv" in run.output
