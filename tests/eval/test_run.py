@@ -20,7 +20,7 @@ CORPUS = {
     "volcano": ("Olympus Mons", "Olympus Mons on Mars is the tallest volcano in the Solar System."),
     "tea": ("", "Green tea is brewed with water below boiling, around eighty degrees."),
     "bread": ("Sourdough", "Sourdough bread rises with wild yeast during a long fermentation."),
-    "sci/7": ("", "Penguins are flightless seabirds living almost only in the southern hemisphere."),
+    "sci/7": ("", "Penguins are flightless seabirds of the southern hemisphere."),
     "long": ("Rivers", " ".join(["The Danube river flows through Vienna and Budapest."] * 60)),
 }
 QUERIES = {
