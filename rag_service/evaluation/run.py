@@ -57,12 +57,18 @@ class EvalResult:
 
 
 def reranking_unavailable(settings: Settings) -> str | None:
-    """Why reranked modes cannot be measured here, or None when they can."""
-    if "reranking" not in {f.name for f in dataclasses.fields(RetrievalOptions)}:
-        return "not measured: the query path has no reranker yet"
+    """Why reranked modes cannot be measured here, or None when they can. The plug for
+    reranking: once the query path reranks, return None here when its model loads and turn
+    it on for `mode.rerank` in `mode_options`."""
     if not settings.reranking_model:
         return "not measured: no reranker weights offline"
-    return None
+    return "not measured: the query path does not rerank yet"
+
+
+def mode_options(base: RetrievalOptions, mode: Mode) -> RetrievalOptions:
+    return dataclasses.replace(
+        base, retrieval_type=mode.retrieval_type, fusion_method=mode.fusion_method
+    )
 
 
 def rank_documents(chunks: Sequence[ScoredChunk], doc_of: Mapping[str, str]) -> list[str]:
@@ -144,9 +150,7 @@ async def run_eval(
                 if mode.rerank and rerank_reason:
                     result.not_measured[mode.name] = rerank_reason
                     continue
-                opts = dataclasses.replace(
-                    base, retrieval_type=mode.retrieval_type, fusion_method=mode.fusion_method
-                )
+                opts = mode_options(base, mode)
                 started = time.perf_counter()
                 rankings: dict[str, list[str]] = {}
                 for n, (qid, text) in enumerate(beir.queries.items(), 1):
