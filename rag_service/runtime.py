@@ -34,9 +34,11 @@ from rag_service.providers.protocols import (
     Generator,
     IndexSpec,
     ObjectSource,
+    Reranker,
     VectorIndex,
 )
 from rag_service.retrieve.generate import Prompt, build_prompt
+from rag_service.retrieve.rerank import WORKERS_AI_RERANKING_MODEL, RerankOptions, rerank
 from rag_service.retrieve.search import RetrievalOptions, ScoredChunk, search
 
 SAMPLE_DOCS = Path(__file__).resolve().parent / "sample_docs"
@@ -54,6 +56,7 @@ def normalise_source(source: str) -> str:
 
 EmbedderFactory = Callable[[str, str | None], Embedder]
 GeneratorFactory = Callable[[InstanceConfig], Generator]
+RerankerFactory = Callable[[str], Reranker]  # a local cross-encoder by HF id or path
 
 
 class Runtime:
@@ -65,12 +68,16 @@ class Runtime:
         *,
         embedder_factory: EmbedderFactory | None = None,
         generator_factory: GeneratorFactory | None = None,
+        reranker_factory: RerankerFactory | None = None,
     ) -> None:
         self.settings = settings
         self.engine: AsyncEngine = db.create_engine(settings.resolved_database_url)
         self.sessions = db.session_factory(self.engine)
         self._embedder_factory = embedder_factory or self._local_embedder
         self._generator_factory = generator_factory or self._local_generator
+        self._reranker_factory = reranker_factory or self._local_reranker
+        self._rerankers: dict[str, Reranker] = {}
+        self._loading_reranker = asyncio.Lock()
         self._embedders: dict[tuple[str, str | None], Embedder] = {}
         self._generators: dict[str, Generator] = {}
         self._indexes: dict[str, VectorIndex] = {}
@@ -167,6 +174,23 @@ class Runtime:
                 self._generators[name] = await asyncio.to_thread(self._generator_factory, cfg)
         return self._generators[name]
 
+    async def reranker(self, cfg: InstanceConfig, model: str | None = None) -> Reranker:
+        """Workers AI for `@cf/` models and cloudflare instances, else a local cross-encoder
+        (`model`, the instance's `reranking_model`, RAGD_RERANKING_MODEL or bge-reranker-base)."""
+        name = model or cfg.reranking_model or self.settings.reranking_model
+        if cfg.backend == "cloudflare" or (name or "").startswith("@cf/"):
+            cf_name = name if name and name.startswith("@cf/") else WORKERS_AI_RERANKING_MODEL
+            if cf_name not in self._rerankers:
+                self._rerankers[cf_name] = self._cloudflare_reranker(cf_name)
+            return self._rerankers[cf_name]
+        from rag_service.providers.local_reranker import DEFAULT_LOCAL_RERANKING_MODEL
+
+        name = name or DEFAULT_LOCAL_RERANKING_MODEL
+        async with self._loading_reranker:
+            if name not in self._rerankers:
+                self._rerankers[name] = await asyncio.to_thread(self._reranker_factory, name)
+        return self._rerankers[name]
+
     async def index(self, instance_id: str, cfg: InstanceConfig) -> VectorIndex:
         """One open index per instance per process (a second one would hold stale vectors)."""
         async with self._opening_index:
@@ -251,6 +275,17 @@ class Runtime:
         )
         return WorkersAIGenerator(CloudflareAPI.for_settings(self.settings), model)
 
+    def _cloudflare_reranker(self, model: str) -> Reranker:
+        from rag_service.providers.cloudflare import CloudflareAPI
+        from rag_service.providers.cloudflare.workers_ai import WorkersAIReranker
+
+        if not (self.settings.cloudflare_account_id and self.settings.cloudflare_api_token):
+            raise InvalidRequest(
+                f"reranking with {model} runs on Workers AI: set RAGD_CLOUDFLARE_ACCOUNT_ID and "
+                "RAGD_CLOUDFLARE_API_TOKEN, or name a local cross-encoder (HF id or path)"
+            )
+        return WorkersAIReranker(CloudflareAPI.for_settings(self.settings), model)
+
     async def _vectorize_index(
         self, instance_id: str, cfg: InstanceConfig, spec: IndexSpec
     ) -> VectorIndex:
@@ -280,6 +315,12 @@ class Runtime:
             query_instruction=self.settings.embedding_query_instruction,
             batch_size=self.settings.embedding_batch_size,
         )
+
+    def _local_reranker(self, model: str) -> Reranker:
+        with _IMPORTS:
+            from rag_service.providers.local_reranker import LocalReranker
+
+        return LocalReranker(model)
 
     def _local_generator(self, cfg: InstanceConfig) -> Generator:
         name = cfg.ai_search_model or self.settings.generation_model
@@ -343,11 +384,20 @@ class Runtime:
         )
 
     async def search(
-        self, instance_id: str, query: str, opts: RetrievalOptions
+        self,
+        instance_id: str,
+        query: str,
+        opts: RetrievalOptions,
+        reranking: RerankOptions | None = None,
     ) -> list[ScoredChunk]:
+        """Retrieve, then rerank when `reranking` is given."""
         _, cfg = await self.get_instance(instance_id)
         embedder = await self.embedder(cfg)
-        return await search(embedder, await self.index(instance_id, cfg), query, opts)
+        chunks = await search(embedder, await self.index(instance_id, cfg), query, opts)
+        if reranking is None or not chunks:
+            return chunks
+        reranker = await self.reranker(cfg, reranking.model)
+        return await rerank(reranker, query, chunks, reranking.match_threshold)
 
     async def answer_prompt(
         self,
@@ -357,12 +407,15 @@ class Runtime:
         *,
         model: str | None = None,
         system_prompt: str | None = None,
+        reranking: RerankOptions | None = None,
+        search_query: str | None = None,
     ) -> tuple[Generator, Prompt]:
-        """Retrieve, then fit the chunks into the answer model's prompt by token count."""
+        """Retrieve (with `search_query`, a rewritten `query`, when given), then fit the
+        chunks into the answer model's prompt by token count."""
         _, cfg = await self.get_instance(instance_id)
         if model:
             cfg = cfg.model_copy(update={"ai_search_model": model})
-        chunks = await self.search(instance_id, query, opts)
+        chunks = await self.search(instance_id, search_query or query, opts, reranking)
         generator = await self.generator(cfg)
         max_tokens = self.settings.generation_max_tokens
         prompt = build_prompt(
