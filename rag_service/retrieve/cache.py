@@ -100,6 +100,7 @@ def text_digest(text: str) -> str:
 class CachedAnswer:
     entry_id: int
     prompt: str
+    model: str  # the model that wrote the answer
     answer: str
     chunks: list[ScoredChunk]
     digests: dict[str, str]  # chunk id -> digest of the text it had
@@ -109,8 +110,8 @@ class CachedAnswer:
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY, scope TEXT NOT NULL, prompt TEXT NOT NULL, answer TEXT NOT NULL,
-    chunks TEXT NOT NULL, digests TEXT NOT NULL, created REAL NOT NULL
+    id INTEGER PRIMARY KEY, scope TEXT NOT NULL, prompt TEXT NOT NULL, model TEXT NOT NULL,
+    answer TEXT NOT NULL, chunks TEXT NOT NULL, digests TEXT NOT NULL, created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_created ON entries (created);
 CREATE TABLE IF NOT EXISTS buckets (
@@ -163,18 +164,20 @@ class AnswerCache:
         oldest = (time.time() if now is None else now) - self.ttl
         with self._db() as con:
             rows = con.execute(
-                "SELECT id, prompt, answer, chunks, digests, created FROM entries WHERE scope = ? "
+                "SELECT id, prompt, model, answer, chunks, digests, created FROM entries "
+                "WHERE scope = ? "
                 "AND created >= ? AND id IN (SELECT entry FROM buckets WHERE key IN "
                 f"({','.join('?' * len(keys))})) ORDER BY created DESC",
                 (scope, oldest, *keys),
             ).fetchall()
         best: CachedAnswer | None = None
-        for entry_id, text, answer, chunks, digests, created in rows:
+        for entry_id, text, model, answer, chunks, digests, created in rows:
             similarity = jaccard(wanted, shingles(text))
             if similarity >= needed and (best is None or similarity > best.similarity):
                 best = CachedAnswer(
                     entry_id,
                     text,
+                    model,
                     answer,
                     [ScoredChunk(**c) for c in json.loads(chunks)],
                     json.loads(digests),
@@ -187,15 +190,22 @@ class AnswerCache:
         self,
         scope: str,
         prompt: str,
+        model: str,
         answer: str,
         chunks: Sequence[ScoredChunk],
         now: float | None = None,
     ) -> None:
         """Keep an answer and the chunks behind it; expired entries are dropped on the way."""
-        await asyncio.to_thread(self._store, scope, prompt, answer, list(chunks), now)
+        await asyncio.to_thread(self._store, scope, prompt, model, answer, list(chunks), now)
 
     def _store(
-        self, scope: str, prompt: str, answer: str, chunks: list[ScoredChunk], now: float | None
+        self,
+        scope: str,
+        prompt: str,
+        model: str,
+        answer: str,
+        chunks: list[ScoredChunk],
+        now: float | None,
     ) -> None:
         created = time.time() if now is None else now
         keys = band_keys(scope, minhash(shingles(prompt)))
@@ -203,11 +213,12 @@ class AnswerCache:
         with self._db() as con:
             con.execute("DELETE FROM entries WHERE created < ?", (created - self.ttl,))
             cur = con.execute(
-                "INSERT INTO entries (scope, prompt, answer, chunks, digests, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO entries (scope, prompt, model, answer, chunks, digests, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     scope,
                     prompt,
+                    model,
                     answer,
                     json.dumps([asdict(c) for c in chunks], default=str),
                     json.dumps(digests),

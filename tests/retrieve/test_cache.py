@@ -86,7 +86,7 @@ def test_minhash_estimates_jaccard_and_lsh_buckets_similar_prompts_together() ->
 )
 async def test_the_four_levels(tmp_path: Path, prompt: str, levels: int) -> None:
     cache = AnswerCache(tmp_path / "c.sqlite")
-    await cache.store("s", WEATHER, "Sunny.", [chunk("w:0", "sunny")], now=T0)
+    await cache.store("s", WEATHER, "m", "Sunny.", [chunk("w:0", "sunny")], now=T0)
     order: list[CacheThreshold] = [
         "super_strict_match",
         "close_enough",
@@ -101,10 +101,11 @@ async def test_the_four_levels(tmp_path: Path, prompt: str, levels: int) -> None
 async def test_a_hit_returns_the_answer_and_its_chunks(tmp_path: Path) -> None:
     cache = AnswerCache(tmp_path / "c.sqlite")
     sources = [chunk("bread:0", "Knead the dough."), chunk("bread:1", "Bake it hot.")]
-    await cache.store("s", "How do I bake bread?", "Knead, then bake.", sources, now=T0)
-    await cache.store("s", "How do I bake bread at home?", "Other.", sources[:1], now=T0 + 5)
+    await cache.store("s", "How do I bake bread?", "m", "Knead, then bake.", sources, now=T0)
+    await cache.store("s", "How do I bake bread at home?", "m", "Other.", sources[:1], now=T0 + 5)
     hit = await cache.lookup("s", "how do I bake bread", "close_enough", now=T0 + 10)
     assert hit is not None and hit.answer == "Knead, then bake." and hit.similarity == 1.0
+    assert hit.model == "m"
     assert hit.chunks == sources and hit.created == T0
     assert await cache.lookup("other", "How do I bake bread?", "anything_goes") is None
 
@@ -112,10 +113,10 @@ async def test_a_hit_returns_the_answer_and_its_chunks(tmp_path: Path) -> None:
 async def test_entries_expire_after_the_ttl(tmp_path: Path) -> None:
     assert DEFAULT_TTL == 30 * 86400
     cache = AnswerCache(tmp_path / "c.sqlite", ttl=100)
-    await cache.store("s", "opening hours", "9 to 5", [chunk("h:0", "9-5")], now=T0)
+    await cache.store("s", "opening hours", "m", "9 to 5", [chunk("h:0", "9-5")], now=T0)
     assert await cache.lookup("s", "opening hours", "close_enough", now=T0 + 99)
     assert await cache.lookup("s", "opening hours", "close_enough", now=T0 + 101) is None
-    await cache.store("s", "other", "x", [chunk("o:0", "x")], now=T0 + 200)  # purges
+    await cache.store("s", "other", "m", "x", [chunk("o:0", "x")], now=T0 + 200)  # purges
     assert await cache.lookup("s", "opening hours", "close_enough", now=T0) is None
 
 
@@ -123,8 +124,8 @@ async def test_invalidating_an_item_drops_the_answers_grounded_on_it(tmp_path: P
     instance_dir = tmp_path / "inst"
     assert await invalidate_items(instance_dir, ["bread"]) == 0  # no cache file yet
     cache = AnswerCache.for_instance(instance_dir)
-    await cache.store("s", "bake bread", "a", [chunk("bread:0", "x"), chunk("oven:0", "y")])
-    await cache.store("s", "water tomatoes", "b", [chunk("garden:0", "z")])
+    await cache.store("s", "bake bread", "m", "a", [chunk("bread:0", "x"), chunk("oven:0", "y")])
+    await cache.store("s", "water tomatoes", "m", "b", [chunk("garden:0", "z")])
     assert await invalidate_items(instance_dir, ["oven", "nothing"]) == 1
     assert await cache.lookup("s", "bake bread", "close_enough") is None
     assert await cache.lookup("s", "water tomatoes", "close_enough") is not None
@@ -137,7 +138,7 @@ async def test_chunks_unchanged_reads_the_index(tmp_path: Path) -> None:
     vector = np.array([1.0, 0.0], dtype=np.float32)
     await index.upsert([VectorRecord("bread:0", vector, {"text": "Knead the dough."})])
     cache = AnswerCache(tmp_path / "c.sqlite")
-    await cache.store("s", "bake", "a", [chunk("bread:0", "Knead the dough.")])
+    await cache.store("s", "bake", "m", "a", [chunk("bread:0", "Knead the dough.")])
     hit = await cache.lookup("s", "bake", "super_strict_match")
     assert hit is not None and await chunks_unchanged(index, hit)
     await index.upsert([VectorRecord("bread:0", vector, {"text": "Rest the dough."})])
