@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import uvicorn
 
 from bench.ingest import make_corpus
-from bench.machine import describe_machine
+from bench.machine import describe_machine, save_result
 from rag_service.config import Settings
 from rag_service.providers.cloudflare import CloudflareAPI, RateLimits
 from rag_service.runtime import Runtime
@@ -126,9 +125,7 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=10.0)
     args = parser.parse_args()
     result = asyncio.run(run(args.docs, args.period))
-    out = Path(__file__).resolve().parent / "results" / "cloudflare_ingest.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result("cloudflare_ingest", result)
     print(
         f"{result['chunks']} chunks from {result['docs']} documents in {result['seconds']} s "
         f"({result['chunks_per_s']} chunks/s); binding task {result['binding_task']} at "

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from bench.machine import describe_machine
+from bench.machine import describe_machine, save_result
 from rag_service.config import Settings
 from rag_service.runtime import Runtime
 
@@ -96,9 +96,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     result = asyncio.run(run(args.docs, args.repeat))
-    out = Path(__file__).resolve().parent / "results" / "ingest.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result("ingest", result)
     print(
         f"{result['chunks']} chunks from {result['docs']} documents: sync "
         f"{result['sync_chunks_per_s']} chunks/s, raw embedder {result['raw_embed_texts_per_s']} "

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
+from pathlib import Path
 from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def describe_machine() -> dict[str, Any]:
@@ -16,3 +20,11 @@ def describe_machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "loadavg": os.getloadavg()[0],
     }
+
+
+def save_result(name: str, result: dict[str, Any]) -> Path:
+    """Write `bench/results/<name>.json` (the result carries its machine description)."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out

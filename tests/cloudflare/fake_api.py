@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from rag_service.api.errors import envelope, error_body
 from tests.cloudflare.fake_vectorize import FakeError, FakeVectorize
+from tests.serving import read_body
 
 EMBEDDING_DIMENSIONS = {
     "@cf/baai/bge-small-en-v1.5": 384,
@@ -133,12 +134,7 @@ class FakeCloudflare:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         rec = Recorded(
             scope["method"],

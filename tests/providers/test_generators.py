@@ -24,7 +24,7 @@ from rag_service.errors import BackendError, InvalidRequest, RateLimited
 from rag_service.providers.local_generator import THREAD_NAME, LocalGenerator
 from rag_service.providers.openai_generator import OpenAIGenerator
 from rag_service.providers.protocols import Generator, Usage
-from tests.serving import free_port, serve
+from tests.serving import free_port, read_body, serve
 
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake."}]
 LOAD_TIMES: dict[str, float] = {}
@@ -145,16 +145,11 @@ def delta(text: str) -> bytes:
 async def chat_app(scope: Scope, receive: Receive, send: Send) -> None:
     """A tiny OpenAI-compatible server; the model name picks the behaviour."""
     if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
+        while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     headers = {k.decode(): v.decode() for k, v in scope["headers"]}
     request = json.loads(body or b"{}")
     SEEN.append({"path": scope["path"], "headers": headers, "body": request})
