@@ -326,7 +326,11 @@ def eval_cmd(
 
     _quiet_models()
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
     ) as bar:
         task = bar.add_task("indexing", total=None)
 

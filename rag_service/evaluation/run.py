@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ MODES = _BASE + tuple(dataclasses.replace(m, name=f"{m.name}+rerank", rerank=Tru
 @dataclass
 class EvalResult:
     dataset: str
+    date: str
     documents: int
     queries: int
     chunks: int
@@ -135,8 +137,12 @@ async def run_eval(
             chunks = await _ingest(rt, beir, Path(tmp) / "corpus", report)
             _, cfg = await rt.get_instance(INSTANCE)
             result = EvalResult(
-                folder.name, len(beir.corpus), len(beir.queries), chunks,
-                round(time.perf_counter() - started, 1),
+                dataset=folder.name,
+                date=datetime.date.today().isoformat(),
+                documents=len(beir.corpus),
+                queries=len(beir.queries),
+                chunks=chunks,
+                ingest_seconds=round(time.perf_counter() - started, 1),
                 settings={
                     "embedding_model": (await rt.embedder(cfg)).model_id,
                     "chunk_size": cfg.chunk_size,
@@ -144,7 +150,7 @@ async def run_eval(
                     "match_threshold": match_threshold,
                     "depth": depth,
                 },
-            )  # fmt: skip
+            )
             base = rt.default_options(cfg, match_threshold=match_threshold)
             for mode in modes:
                 if mode.rerank and rerank_reason:
