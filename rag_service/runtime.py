@@ -390,13 +390,14 @@ class Runtime:
         opts: RetrievalOptions,
         reranking: RerankOptions | None = None,
     ) -> list[ScoredChunk]:
-        """Retrieve, then rerank when `reranking` is given."""
+        """Retrieve, then rerank when `reranking` is given (a reranker that cannot be had is
+        an error even when nothing was found)."""
         _, cfg = await self.get_instance(instance_id)
+        reranker = await self.reranker(cfg, reranking.model) if reranking else None
         embedder = await self.embedder(cfg)
         chunks = await search(embedder, await self.index(instance_id, cfg), query, opts)
-        if reranking is None or not chunks:
+        if reranker is None or reranking is None:
             return chunks
-        reranker = await self.reranker(cfg, reranking.model)
         return await rerank(reranker, query, chunks, reranking.match_threshold)
 
     async def answer_prompt(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,12 +12,12 @@ from litestar.params import FromPath, FromQuery
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rag_service.api import options as opt
+from rag_service.api.answers import answer
 from rag_service.api.errors import envelope
 from rag_service.api.requests import read_json
 from rag_service.api.shapes import legacy_page
 from rag_service.api.sse import DONE, event_stream, sse
-from rag_service.providers.protocols import Usage
-from rag_service.retrieve.generate import generate_answer
+from rag_service.providers.protocols import ChatMessage
 from rag_service.runtime import DEFAULT_INSTANCE, Runtime
 
 
@@ -26,7 +27,7 @@ class RankingOptions(BaseModel):
 
 
 class Reranking(BaseModel):
-    enabled: bool = False
+    enabled: bool | None = None  # None: the instance's setting
     model: str | None = None
 
 
@@ -34,7 +35,7 @@ class LegacySearchRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     query: str = Field(min_length=1, max_length=10_000)
-    rewrite_query: bool = False
+    rewrite_query: bool | None = None  # None: the instance's setting
     max_num_results: int = Field(10, ge=1, le=50)
     ranking_options: RankingOptions = Field(default_factory=RankingOptions)
     reranking: Reranking = Field(default_factory=Reranking)
@@ -64,11 +65,16 @@ def ai_search_options(body: LegacySearchRequest) -> opt.AISearchOptions:
     )
 
 
+# AutoRAG rewrites the query itself (there is no conversation): an empty one before it.
+NO_EARLIER_TURNS: list[ChatMessage] = []
+
+
 async def legacy_search(runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]) -> Any:
     body = await read_json(request, LegacySearchRequest)
     plan = await opt.plan_for(runtime, instance_id, ai_search_options(body))
-    chunks = await runtime.search(instance_id, body.query, plan.retrieval)
-    result = envelope(legacy_page(body.query, chunks))
+    query = await opt.search_query(runtime, instance_id, plan, body.query, NO_EARLIER_TURNS)
+    chunks = await runtime.search(instance_id, query, plan.retrieval, plan.reranking)
+    result = envelope(legacy_page(query, chunks))
     result["messages"] = opt.note_messages(plan.notes)
     return result
 
@@ -78,27 +84,34 @@ async def legacy_ai_search(
 ) -> Any:
     body = await read_json(request, LegacySearchRequest)
     plan = await opt.plan_for(runtime, instance_id, ai_search_options(body))
-    generator, prompt = await runtime.answer_prompt(
-        instance_id, body.query, plan.retrieval, model=body.model, system_prompt=body.system_prompt
+    reply = await answer(
+        runtime,
+        instance_id,
+        plan,
+        body.query,
+        route="autorag",
+        earlier=NO_EARLIER_TURNS,
+        model=body.model or None,
+        system_prompt=body.system_prompt,
     )
-    max_tokens = runtime.settings.generation_max_tokens
     if not body.stream:
-        pieces = [p async for p in generate_answer(generator, prompt, max_tokens)]
-        result = envelope(legacy_page(body.query, prompt.used, "".join(pieces)))
+        async with contextlib.aclosing(reply.pieces) as pieces:
+            text = "".join([p async for p in pieces])
+        result = envelope(legacy_page(reply.search_query, reply.used, text))
         result["messages"] = opt.note_messages(plan.notes)
-        return result
+        return Response(result, headers=reply.headers)
 
     async def events() -> AsyncIterator[bytes]:
-        usage = Usage()
         try:
-            async for piece in generate_answer(generator, prompt, max_tokens, usage):
-                yield sse({"response": piece})
+            async with contextlib.aclosing(reply.pieces) as pieces:
+                async for piece in pieces:
+                    yield sse({"response": piece})
         except Exception as exc:  # the stream has started: report in-band
             yield sse({"error": getattr(exc, "message", "generation failed")})
-        yield sse(legacy_page(body.query, prompt.used))
+        yield sse(legacy_page(reply.search_query, reply.used))
         yield DONE
 
-    return event_stream(events())
+    return event_stream(events(), reply.headers)
 
 
 def _runtime(request: Request[Any, Any, Any]) -> Runtime:

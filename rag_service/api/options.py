@@ -3,6 +3,7 @@ for retrieval."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -10,7 +11,11 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from rag_service.errors import InvalidRequest
 from rag_service.instances import InstanceConfig
+from rag_service.providers.protocols import ChatMessage
+from rag_service.retrieve.cache import CacheThreshold
 from rag_service.retrieve.filters import NormFilter, parse_filter
+from rag_service.retrieve.rerank import RerankOptions
+from rag_service.retrieve.rewrite import rewrite_query
 from rag_service.retrieve.search import RetrievalOptions
 from rag_service.runtime import Runtime
 
@@ -76,9 +81,7 @@ class Reranking(Lenient):
 
 class Cache(Lenient):
     enabled: bool | None = None
-    cache_threshold: (
-        Literal["super_strict_match", "close_enough", "flexible_friend", "anything_goes"] | None
-    ) = None
+    cache_threshold: CacheThreshold | None = None
 
 
 class AISearchOptions(Lenient):
@@ -114,6 +117,9 @@ class SearchRequest(Lenient):
             raise InvalidRequest("the query is blank: send a non-empty 'query' or user message")
         return text
 
+    def follow_up_of(self) -> list[ChatMessage] | None:
+        return None if self.messages is None else earlier_turns(self.messages)
+
 
 class ChatRequest(Lenient):
     """AI Search's chat completions body (OpenAI's, plus `ai_search_options`)."""
@@ -136,12 +142,27 @@ class ChatRequest(Lenient):
         parts = [m.text() for m in self.messages if m.role in ("system", "developer")]
         return "\n\n".join(p for p in parts if p.strip()) or None
 
+    def follow_up_of(self) -> list[ChatMessage] | None:
+        return earlier_turns(self.messages)
+
 
 def last_user_text(messages: list[Message]) -> str:
     for message in reversed(messages):
         if message.role == "user":
             return message.text()
     raise InvalidRequest("messages need at least one message with role 'user'")
+
+
+def earlier_turns(messages: list[Message]) -> list[ChatMessage] | None:
+    """The user and assistant turns before the last user message; None when there are none
+    (a first message is searched as it is, as in AI Search)."""
+    last = max((i for i, m in enumerate(messages) if m.role == "user"), default=0)
+    turns: list[ChatMessage] = [
+        {"role": m.role, "content": m.text()}
+        for m in messages[:last]
+        if m.role in ("user", "assistant")
+    ]
+    return turns or None
 
 
 def request_filter(obj: object) -> NormFilter | None:
@@ -164,12 +185,22 @@ def _seconds(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class RewriteOptions:
+    model: str | None = None  # None: the instance's rewrite_model, else the answer model
+    prompt: str | None = None  # None: the default rewrite prompt
+
+
 @dataclass
 class SearchPlan:
-    """What one request asks of retrieval, and the options it cannot honour yet."""
+    """What one request asks of the query path (None: that stage is off), and notes for the
+    response's `messages`."""
 
     retrieval: RetrievalOptions
     context_expansion: int = 0
+    rewrite: RewriteOptions | None = None
+    reranking: RerankOptions | None = None
+    cache: CacheThreshold | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -197,18 +228,58 @@ def plan_search(runtime: Runtime, cfg: InstanceConfig, options: AISearchOptions)
         max_num_results=r.max_num_results,
         filters=request_filter(r.filters),
     )
+    qr, rr, cache = options.query_rewrite, options.reranking, options.cache
     notes = []
-    if options.query_rewrite.enabled or (
-        options.query_rewrite.enabled is None and cfg.rewrite_query
-    ):
-        notes.append("query_rewrite is not supported yet: the query was used as given")
-    if options.reranking.enabled or (options.reranking.enabled is None and cfg.reranking):
-        notes.append("reranking is not supported yet: results are in retrieval order")
-    if options.cache.enabled or (options.cache.enabled is None and cfg.cache):
-        notes.append("the similarity cache is not supported yet: nothing was cached")
     if r.boost_by:
         notes.append("boost_by is not supported yet: results are unboosted")
-    return SearchPlan(retrieval, r.context_expansion, notes)
+    return SearchPlan(
+        retrieval,
+        r.context_expansion,
+        rewrite=RewriteOptions(qr.model or cfg.rewrite_model or None, qr.rewrite_prompt)
+        if _enabled(qr.enabled, cfg.rewrite_query)
+        else None,
+        reranking=RerankOptions(rr.model or None, rr.match_threshold or 0.0)
+        if _enabled(rr.enabled, cfg.reranking)
+        else None,
+        cache=(cache.cache_threshold or cfg.cache_threshold)
+        if _enabled(cache.enabled, cfg.cache)
+        else None,
+        notes=notes,
+    )
+
+
+def _enabled(requested: bool | None, instance_default: bool) -> bool:
+    """A request's `enabled` wins; left out, the instance's setting applies."""
+    return instance_default if requested is None else requested
+
+
+REWRITE_FIRST_MESSAGE = (
+    "query_rewrite rewrites follow-up messages, as in AI Search: a 'query' or a first "
+    "message is searched as given"
+)
+
+
+async def search_query(
+    runtime: Runtime,
+    instance_id: str,
+    plan: SearchPlan,
+    question: str,
+    earlier: Sequence[ChatMessage] | None,
+    answer_model: str | None = None,
+) -> str:
+    """What to retrieve with: the question rewritten by the rewrite model (the instance's, else
+    the answer model) when the plan asks for it and `earlier` is not None."""
+    if plan.rewrite is None:
+        return question
+    if earlier is None:
+        plan.notes.append(REWRITE_FIRST_MESSAGE)
+        return question
+    _, cfg = await runtime.get_instance(instance_id)
+    model = plan.rewrite.model or answer_model
+    if model:
+        cfg = cfg.model_copy(update={"ai_search_model": model})
+    generator = await runtime.generator(cfg)
+    return await rewrite_query(generator, question, earlier, plan.rewrite.prompt)
 
 
 def note_messages(notes: list[str]) -> list[dict[str, Any]]:

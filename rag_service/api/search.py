@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Controller, Request, post
+from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from rag_service.api.answers import Answer, answer
 from rag_service.api.errors import envelope
 from rag_service.api.options import (
     ChatRequest,
@@ -18,15 +20,17 @@ from rag_service.api.options import (
     SearchRequest,
     note_messages,
     plan_for,
+    search_query,
 )
 from rag_service.api.requests import read_json
 from rag_service.api.shapes import aisearch_chunk, aisearch_search_result
 from rag_service.api.sse import DONE, event_stream, sse
-from rag_service.providers.protocols import Generator, Usage
+from rag_service.providers.protocols import Usage
 from rag_service.retrieve.expand import expand_context
-from rag_service.retrieve.generate import Prompt, generate_answer
 from rag_service.retrieve.search import ScoredChunk
 from rag_service.runtime import Runtime
+
+CACHE_ON_SEARCH = "the similarity cache keeps generated answers; search results are not cached"
 
 
 async def expanded(
@@ -90,10 +94,12 @@ class SearchController(Controller):
     ) -> dict[str, Any]:
         body = await read_json(request, SearchRequest)
         plan = await plan_for(runtime, instance_id, body.ai_search_options)
-        query = body.question()
-        chunks = await runtime.search(instance_id, query, plan.retrieval)
+        query = await search_query(runtime, instance_id, plan, body.question(), body.follow_up_of())
+        chunks = await runtime.search(instance_id, query, plan.retrieval, plan.reranking)
         chunks = await expanded(runtime, instance_id, plan, chunks)
         result = envelope(aisearch_search_result(query, chunks))
+        if plan.cache is not None:
+            plan.notes.append(CACHE_ON_SEARCH)
         result["messages"] = note_messages(plan.notes)
         return result
 
@@ -106,41 +112,39 @@ class SearchController(Controller):
     ) -> Any:
         body = await read_json(request, ChatRequest)
         plan = await plan_for(runtime, instance_id, body.ai_search_options)
-        generator, prompt = await runtime.answer_prompt(
+        reply = await answer(
+            runtime,
             instance_id,
+            plan,
             body.question(),
-            plan.retrieval,
+            route="chat",
+            earlier=body.follow_up_of(),
             model=body.model or None,
             system_prompt=body.system_prompt(),
         )
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        max_tokens = runtime.settings.generation_max_tokens
         if not body.stream:
-            usage = Usage()
-            pieces = [p async for p in generate_answer(generator, prompt, max_tokens, usage)]
-            return completion(
-                completion_id, generator.model_id, "".join(pieces), prompt.used, usage
-            )
-        return event_stream(
-            streamed(completion_id, generator.model_id, generator, prompt, max_tokens)
-        )
+            async with contextlib.aclosing(reply.pieces) as pieces:
+                text = "".join([p async for p in pieces])
+            body_ = completion(completion_id, reply.model, text, reply.used, reply.usage)
+            return Response(body_, headers=reply.headers)
+        return event_stream(streamed(completion_id, reply), reply.headers)
 
 
-async def streamed(
-    completion_id: str, model: str, generator: Generator, prompt: Prompt, max_tokens: int
-) -> AsyncIterator[bytes]:
+async def streamed(completion_id: str, reply: Answer) -> AsyncIterator[bytes]:
     """OpenAI's chunk events as the model writes, then one event with the sources."""
     try:
-        async for piece in generate_answer(generator, prompt, max_tokens):
-            yield delta(completion_id, model, piece, None)
-        yield delta(completion_id, model, None, "stop")
+        async with contextlib.aclosing(reply.pieces) as pieces:
+            async for piece in pieces:
+                yield delta(completion_id, reply.model, piece, None)
+        yield delta(completion_id, reply.model, None, "stop")
     except Exception as exc:  # the stream has started: report in-band
         yield sse({"error": {"message": getattr(exc, "message", "generation failed")}})
     yield sse(
         {
             "id": completion_id,
             "object": "chat.completion.chunks",
-            "chunks": [aisearch_chunk(c) for c in prompt.used],
+            "chunks": [aisearch_chunk(c) for c in reply.used],
         }
     )
     yield DONE

@@ -15,7 +15,7 @@ def sse(data: Any) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def event_stream(events: AsyncIterator[bytes]) -> Stream:
+def event_stream(events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Stream:
     return Stream(
         events,
         media_type="text/event-stream",
@@ -24,5 +24,6 @@ def event_stream(events: AsyncIterator[bytes]) -> Stream:
             "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
+            **(headers or {}),
         },
     )

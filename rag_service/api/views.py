@@ -10,7 +10,9 @@ from rag_service.instances import InstanceConfig
 from rag_service.models import Instance, Item, Job, JobLog
 
 NAMESPACE = "default"
-CACHE_TTL = 86400  # the answer cache is not configurable yet; AI Search requires a value
+# Reported when an instance sets no cache_ttl (the SDK's list type needs one of its values);
+# answers are then kept 30 days, AI Search's documented duration (retrieve/cache.py).
+CACHE_TTL = 86400
 ENGINE_VERSION = 1.0
 
 
@@ -55,7 +57,7 @@ def instance_view(
         "indexing_options": cfg.indexing_options.model_dump(),
         "cache": cfg.cache,
         "cache_threshold": cfg.cache_threshold,
-        "cache_ttl": CACHE_TTL,
+        "cache_ttl": getattr(cfg, "cache_ttl", None) or CACHE_TTL,
         "summarization": False,
         "engine_version": ENGINE_VERSION,
         "sync_interval": cfg.sync_interval,

@@ -47,7 +47,9 @@ class LocalReranker:
             )
         except Exception as exc:
             raise BackendError(
-                f"cannot load reranking model {model!r} (a cross-encoder id or path): {exc}"
+                f"cannot load reranking model {model!r} (name a cross-encoder by HF id or "
+                "path in reranking.model, the instance's reranking_model or "
+                f"RAGD_RERANKING_MODEL): {exc}"
             ) from exc
         self.labels = int(self.model.config.num_labels)
         if self.labels not in (1, 2):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from rag_service.errors import InvalidRequest
@@ -72,7 +72,7 @@ NOT_FOUND_ANSWER = "I could not find anything about that in the documents."
 
 async def generate_answer(
     generator: Generator, prompt: Prompt, max_tokens: int, usage: Usage | None = None
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Stream the answer. With no chunk to ground it, the model is not asked at all: small
     models invent answers even when told that nothing matched."""
     if not prompt.used:

@@ -189,18 +189,21 @@ async def test_both_filter_syntaxes(client: httpx.AsyncClient) -> None:  # noqa:
     assert set(keys(past_ms)) == {"garden.md", "kitchen/recipes/bread.md"}
 
 
-async def test_options_not_applied_are_reported(client: httpx.AsyncClient) -> None:  # noqa: F811
+async def test_options_that_do_not_apply_are_reported(client: httpx.AsyncClient) -> None:  # noqa: F811
+    # Applied options are tested in test_query_options.py; these say why they changed nothing.
     body = {
         "query": "bread",
         "ai_search_options": {
             "query_rewrite": {"enabled": True},
-            "reranking": {"enabled": True, "match_threshold": 0.2},
             "cache": {"enabled": True, "cache_threshold": "close_enough"},
+            "retrieval": {"boost_by": [{"field": "timestamp"}]},
         },
     }
-    messages = " ".join(m["message"] for m in (await search(client, body))["messages"])
-    for option in ("query_rewrite", "reranking", "cache"):
-        assert option in messages
+    messages = [m["message"] for m in (await search(client, body))["messages"]]
+    assert len(messages) == 3 and "not supported" not in " ".join(messages[1:])
+    assert "boost_by is not supported yet" in messages[0]
+    assert "query_rewrite rewrites follow-up messages" in messages[1]
+    assert "search results are not cached" in messages[2]
     quiet = await search(client, {"query": "bread"})
     assert quiet["messages"] == []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +25,34 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}"
 
 
-@pytest.fixture
-async def client(settings: Settings, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    src = tmp_path / "src"
+@asynccontextmanager
+async def served(
+    settings: Settings, src: Path, **factories: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the API over two synced documents in `src`: kitchen/recipes/bread.md and
+    garden.md. `factories`: more Runtime provider factories (generator_factory, ...)."""
     (src / "kitchen/recipes").mkdir(parents=True)
     (src / "kitchen/recipes/bread.md").write_text(
         "Knead the bread dough and bake the loaf in a hot oven."
     )
     (src / "garden.md").write_text("Water the tomato plants in the garden every morning.")
     embedder, generator = HashingEmbedder(), EchoGenerator()
-    rt = Runtime(
-        settings,
-        embedder_factory=lambda model, pooling: embedder,
-        generator_factory=lambda cfg: generator,
-    )
-    async with rt:
+    factories = {
+        "embedder_factory": lambda model, pooling: embedder,
+        "generator_factory": lambda cfg: generator,
+        **factories,
+    }
+    async with Runtime(settings, **factories) as rt:
         await rt.ensure_default_instance(str(src))
         assert (await rt.sync("default")).counts["completed"] == 2
-    app = create_app(
-        settings,
-        Runtime(
-            settings,
-            embedder_factory=lambda m, p: embedder,
-            generator_factory=lambda cfg: generator,
-        ),
-    )
+    app = create_app(settings, Runtime(settings, **factories))
     async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+async def client(settings: Settings, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with served(settings, tmp_path / "src") as http:
         yield http
 
 

@@ -16,17 +16,13 @@ from rag_service.retrieve.rewrite import (
 from tests.fakes import EchoGenerator
 
 
-class ScriptedGenerator:
-    """Answers with a fixed reply, in two pieces; records what it was asked."""
+class ScriptedGenerator(EchoGenerator):
+    """Records what it was asked; answers `reply` in two pieces, or echoes as EchoGenerator
+    does when there is none."""
 
-    model_id = "test/scripted"
-
-    def __init__(self, reply: str, context_window: int = 4096) -> None:
+    def __init__(self, reply: str | None = None, context_window: int = 4096) -> None:
         self.reply, self.context_window = reply, context_window
         self.asked: list[tuple[list[ChatMessage], int]] = []
-
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return sum(len(m["content"].split()) + 4 for m in messages)
 
     async def stream(
         self,
@@ -37,6 +33,10 @@ class ScriptedGenerator:
         usage: Usage | None = None,
     ) -> AsyncIterator[str]:
         self.asked.append((list(messages), max_tokens))
+        if self.reply is None:
+            async for piece in super().stream(messages, max_tokens=max_tokens, usage=usage):
+                yield piece
+            return
         half = len(self.reply) // 2
         for piece in (self.reply[:half], self.reply[half:]):
             yield piece
