@@ -64,9 +64,12 @@ def load_qrels(path: Path) -> Qrels:
         for n, row in enumerate(rows, 1):
             if n == 1 and row and row[0] == "query-id":
                 continue
-            if len(row) < 3:
-                raise InvalidRequest(f"{path}:{n}: expected query-id, corpus-id, score")
-            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+            try:
+                qrels.setdefault(row[0], {})[row[1]] = int(float(row[2]))
+            except (IndexError, ValueError):
+                raise InvalidRequest(
+                    f"{path}:{n}: expected query-id, corpus-id, score (a number)"
+                ) from None
     return qrels
 
 

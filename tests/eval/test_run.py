@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from rag_service.cli import app
 from rag_service.config import Settings
+from rag_service.errors import InvalidRequest
 from rag_service.evaluation.beir import load_beir
 from rag_service.evaluation.run import MODES, rank_documents, run_eval
 from rag_service.retrieve.search import ScoredChunk
@@ -115,3 +116,10 @@ def test_cli_refuses_a_folder_without_qrels(tmp_path: Path, hashing: HashingEmbe
     run = CliRunner().invoke(app, ["eval", "--beir", str(tmp_path)])
     assert run.exit_code == 1
     assert "missing qrels/test.tsv" in run.output
+
+
+def test_qrels_row_without_a_number_is_named(beir_dir: Path) -> None:
+    with (beir_dir / "qrels" / "test.tsv").open("a") as f:
+        f.write("q1\tvolcano\tyes\n")
+    with pytest.raises(InvalidRequest, match=r"test.tsv:6: expected query-id"):
+        load_beir(beir_dir)
