@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 
 # Items fetched, extracted and chunked at the same time.
 PREPARE_GROUP = 32
-# Items written to the index and recorded at the same time.
-WRITE_CONCURRENCY = 16
 
 
 @dataclass
@@ -64,11 +62,14 @@ class Outcome:
         return int(self.detail) if self.status == "completed" else 0
 
 
+Ready = tuple[ObjectInfo, list[str], Item]  # an object, its chunks, its (running) item row
+
+
 @dataclass
 class Prepared:
     """A window after fetch/extract/chunk: items ready to embed, and those already decided."""
 
-    ready: list[tuple[ObjectInfo, list[str], Item]] = field(default_factory=list)
+    ready: list[Ready] = field(default_factory=list)
     done: list[Outcome] = field(default_factory=list)
 
     @property
@@ -112,16 +113,37 @@ async def prepare_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str)
 
 
 async def finish_window(ctx: SyncContext, prepared: Prepared, job_id: str) -> list[Outcome]:
+    """Embed the window, write every item's chunks, then record each outcome. The writes of
+    the whole window (at most `window_chunks` chunks) go out at once, so that a remote index
+    merges them into few requests."""
     vectors = await embed_groups(ctx.embedder, [chunks for _, chunks, _ in prepared.ready])
-    limit = asyncio.Semaphore(WRITE_CONCURRENCY)
 
-    async def write(ready: tuple[ObjectInfo, list[str], Item], vecs: Vector | RagError) -> Outcome:
-        async with limit:
-            return await _write(ctx, *ready, vecs, job_id)
+    async def store(ready: Ready, vecs: Vector | RagError) -> Exception | None:
+        info, chunks, item = ready
+        if isinstance(vecs, RagError):
+            return vecs
+        extra = custom_fields(info, ctx.config.custom_metadata)
+        try:
+            await retry_transient(
+                lambda: index_chunks(ctx.index, item.id, info, chunks, vecs, extra, _written(item)),
+                what=f"indexing {info.key}",
+            )
+        except Exception as exc:
+            return exc
+        return None
 
-    # Concurrent writes let a remote index merge them into fewer requests.
-    written = await asyncio.gather(*map(write, prepared.ready, vectors))
-    return [*prepared.done, *written]
+    failures = await asyncio.gather(*map(store, prepared.ready, vectors))
+    outcomes = list(prepared.done)
+    for (info, chunks, item), failure in zip(prepared.ready, failures, strict=True):
+        if failure is not None:
+            outcomes.append(await _unreadable(ctx, info, job_id, failure))
+            continue
+        extra = custom_fields(info, ctx.config.custom_metadata)
+        await record.end_item(
+            ctx.sessions, item.id, info, "completed", chunks_count=len(chunks), metadata=extra
+        )
+        outcomes.append(Outcome(info, "completed", str(len(chunks))))
+    return outcomes
 
 
 async def index_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str) -> list[Outcome]:
@@ -146,30 +168,6 @@ async def _unreadable(ctx: SyncContext, info: ObjectInfo, job_id: str, exc: Exce
     level = record.WARNING if status == "skipped" else record.ERROR
     await record.log_line(ctx.sessions, job_id, f"{info.key}: {message}", level)
     return Outcome(info, status, message, retry)
-
-
-async def _write(
-    ctx: SyncContext,
-    info: ObjectInfo,
-    chunks: list[str],
-    item: Item,
-    vectors: Vector | RagError,
-    job_id: str,
-) -> Outcome:
-    extra = custom_fields(info, ctx.config.custom_metadata)
-    try:
-        if isinstance(vectors, RagError):
-            raise vectors
-        await retry_transient(
-            lambda: index_chunks(ctx.index, item.id, info, chunks, vectors, extra, _written(item)),
-            what=f"indexing {info.key}",
-        )
-    except Exception as exc:
-        return await _unreadable(ctx, info, job_id, exc)
-    await record.end_item(
-        ctx.sessions, item.id, info, "completed", chunks_count=len(chunks), metadata=extra
-    )
-    return Outcome(info, "completed", str(len(chunks)))
 
 
 def _written(item: Item) -> int:
