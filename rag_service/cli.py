@@ -56,6 +56,16 @@ def _quiet_models() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+    )
+
+
 async def _instance(rt: Runtime, instance_id: str, synced: bool = False) -> InstanceConfig:
     """The instance's config; `default` is created on first use. `synced`: refuse an instance
     that was never synced (its index is empty, and an empty answer would mislead)."""
@@ -152,13 +162,7 @@ def sync(
     _quiet_models()
 
     async def one(rt: Runtime, instance_id: str) -> int:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=err,
-            transient=True,
-        ) as bar:
+        with _progress_bar() as bar:
             task = bar.add_task(f"syncing {instance_id}", total=None)
             if inline:
                 result = await _sync_inline(rt, instance_id, lambda: bar.advance(task))
@@ -325,13 +329,7 @@ def eval_cmd(
     from rag_service.evaluation.run import run_eval
 
     _quiet_models()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("indexing", total=None)
 
         def progress(stage: str, done: int, total: int | None) -> None:
