@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rag_service.errors import ExtractError, NoTextError, ObjectTooLarge, RagError
 from rag_service.ingest import record
@@ -41,6 +42,7 @@ class SyncContext:
     # batch per window costs ~15% with MiniLM on 2 cores at 32 items); an interrupted sync
     # redoes at most one window.
     window_chunks: int = 512
+    instance_dir: Path | None = None  # where the instance's answer cache lives, if anywhere
 
     @property
     def overlap_stages(self) -> bool:

@@ -28,6 +28,7 @@ from rag_service.ingest.retry import retry_transient
 from rag_service.models import Item, utcnow
 from rag_service.providers.cloudflare.usage import UsageMeter
 from rag_service.providers.protocols import ObjectInfo
+from rag_service.retrieve.cache import invalidate_items
 
 SETTLE_TIMEOUT_S = 120.0
 
@@ -97,6 +98,7 @@ async def _run_sync(
             f"listed {len(listing)} objects: {len(plan.new)} new, {len(plan.changed)} changed, "
             f"{len(plan.unchanged)} unchanged, {len(plan.deleted)} deleted",
         )
+        changed: list[str] = [item.id for item in plan.deleted]
         by_key = {item.key: item for item in items}
         await record.touch_items(ctx.sessions, [by_key[i.key].id for i in plan.unchanged], utcnow())
         await record.queue_items(ctx.sessions, ctx.instance_id, plan.to_index, job.id)
@@ -106,6 +108,7 @@ async def _run_sync(
                 progress("deleted", item, "")
 
         def done(outcome: Outcome) -> None:
+            changed.append(record.item_id_for(ctx.instance_id, outcome.info.key))
             counts[outcome.status] += 1
             counts["chunks"] += outcome.chunks
             if progress:
@@ -113,6 +116,7 @@ async def _run_sync(
 
         await index_all(ctx, plan.to_index, job.id, done)
         await settle_index(ctx, job.id)
+        await drop_cached_answers(ctx, changed)
     except RagError as exc:
         reason = f"sync failed: {exc.message}"
         await record.log_line(ctx.sessions, job.id, reason, record.ERROR)
@@ -129,6 +133,12 @@ async def _run_sync(
     await record.log_line(ctx.sessions, job.id, f"done: {reason}")
     await record.finish_job(ctx.sessions, job.id, "completed", reason, dict(counts))
     return SyncResult(job.id, "completed", reason, counts, time.perf_counter() - started)
+
+
+async def drop_cached_answers(ctx: SyncContext, item_ids: list[str]) -> None:
+    """Cached answers grounded on re-indexed or deleted items must not be served again."""
+    if ctx.instance_dir is not None and item_ids:
+        await invalidate_items(ctx.instance_dir, item_ids)
 
 
 async def settle_index(ctx: SyncContext, job_id: str) -> bool:
@@ -198,6 +208,7 @@ async def index_one(ctx: SyncContext, key: str, job_source: str = "user") -> Out
             await record.queue_items(ctx.sessions, ctx.instance_id, [info], job.id)
             [outcome] = await index_window(ctx, [info], job.id)
         await settle_index(ctx, job.id)
+        await drop_cached_answers(ctx, [record.item_id_for(ctx.instance_id, key)])
     except RagError as exc:
         await record.finish_job(ctx.sessions, job.id, "failed", exc.message, {})
         raise
@@ -216,4 +227,5 @@ async def delete_one(ctx: SyncContext, key: str) -> bool:
     if item is None:
         return False
     await delete_item(ctx, item)
+    await drop_cached_answers(ctx, [item.id])
     return True

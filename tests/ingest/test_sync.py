@@ -278,3 +278,23 @@ async def test_small_windows_index_the_same(
     assert calls == [24, 11]  # groups of 8 one-chunk items, embedded once >= 20 chunks wait
     assert (await top_keys(runtime, "subject34", "keyword"))[0] == "notes/n34.md"
     assert await top_keys(runtime, "topic34", "keyword") == []
+
+
+async def test_a_sync_drops_cached_answers_grounded_on_changed_items(
+    runtime: Runtime, folder: Path
+) -> None:
+    from rag_service.retrieve.cache import AnswerCache
+
+    await runtime.sync("docs")
+    cache = AnswerCache.for_instance(runtime.settings.instance_dir("docs"))
+    opts = RetrievalOptions(retrieval_type="keyword", match_threshold=0.0)
+    for question in ("largest planet", "why do cats purr"):
+        await cache.store(
+            "s", question, "m", "an answer", await runtime.search("docs", question, opts)
+        )
+    write(folder / "space.md", "Mars is red.", time.time() + 5)
+    await runtime.sync("docs")
+    assert await cache.lookup("s", "largest planet", "close_enough") is None
+    assert await cache.lookup("s", "why do cats purr", "close_enough") is not None
+    assert await runtime.delete_item("docs", "animals/cats.md")
+    assert await cache.lookup("s", "why do cats purr", "close_enough") is None
