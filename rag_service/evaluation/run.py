@@ -15,8 +15,10 @@ from rag_service.config import Settings
 from rag_service.errors import RagError
 from rag_service.evaluation.beir import BeirSet, load_beir, write_corpus
 from rag_service.evaluation.metrics import mean_scores
+from rag_service.instances import InstanceConfig
+from rag_service.retrieve.rerank import RerankOptions
 from rag_service.retrieve.search import RetrievalOptions, RetrievalType, ScoredChunk
-from rag_service.runtime import EmbedderFactory, Runtime
+from rag_service.runtime import EmbedderFactory, RerankerFactory, Runtime
 
 INSTANCE = "beir"
 EvalProgress = Callable[[str, int, int | None], None]  # stage, done, total
@@ -58,19 +60,13 @@ class EvalResult:
         return {**self.metrics, "meta": meta}
 
 
-def reranking_unavailable(settings: Settings) -> str | None:
-    """Why reranked modes cannot be measured here, or None when they can. The plug for
-    reranking: once the query path reranks, return None here when its model loads and turn
-    it on for `mode.rerank` in `mode_options`."""
-    if not settings.reranking_model:
-        return "not measured: no reranker weights offline"
-    return "not measured: the query path does not rerank yet"
-
-
-def mode_options(base: RetrievalOptions, mode: Mode) -> RetrievalOptions:
-    return dataclasses.replace(
-        base, retrieval_type=mode.retrieval_type, fusion_method=mode.fusion_method
-    )
+async def reranking_unavailable(rt: Runtime, cfg: InstanceConfig) -> str | None:
+    """Why reranked modes cannot be measured here (their model does not load), or None."""
+    try:
+        await rt.reranker(cfg)
+    except RagError as exc:
+        return f"not measured: no reranker weights offline ({exc.message[:200]})"
+    return None
 
 
 def rank_documents(chunks: Sequence[ScoredChunk], doc_of: Mapping[str, str]) -> list[str]:
@@ -84,17 +80,44 @@ def rank_documents(chunks: Sequence[ScoredChunk], doc_of: Mapping[str, str]) -> 
 
 
 async def ranked_documents(
-    rt: Runtime, query: str, opts: RetrievalOptions, doc_of: Mapping[str, str], depth: int
+    rt: Runtime,
+    query: str,
+    opts: RetrievalOptions,
+    doc_of: Mapping[str, str],
+    depth: int,
+    reranking: RerankOptions | None = None,
 ) -> list[str]:
     """The top `depth` documents: asks for more chunks while several chunks of one document
     leave fewer than `depth` documents and the index has more to give."""
     want = depth
     while True:
-        chunks = await rt.search(INSTANCE, query, dataclasses.replace(opts, max_num_results=want))
+        asked = dataclasses.replace(opts, max_num_results=want)
+        chunks = await rt.search(INSTANCE, query, asked, reranking)
         docs = rank_documents(chunks, doc_of)
         if len(docs) >= depth or len(chunks) < want:
             return docs[:depth]
         want *= 2
+
+
+async def rank_queries(
+    rt: Runtime,
+    mode: Mode,
+    base: RetrievalOptions,
+    beir: BeirSet,
+    doc_of: Mapping[str, str],
+    depth: int,
+    report: EvalProgress,
+) -> dict[str, list[str]]:
+    """Every judged query's top documents in one mode."""
+    opts = dataclasses.replace(
+        base, retrieval_type=mode.retrieval_type, fusion_method=mode.fusion_method
+    )
+    reranking = RerankOptions() if mode.rerank else None
+    rankings: dict[str, list[str]] = {}
+    for qid, text in beir.queries.items():
+        rankings[qid] = await ranked_documents(rt, text, opts, doc_of, depth, reranking)
+        report(mode.name, len(rankings), len(beir.queries))
+    return rankings
 
 
 async def _ingest(rt: Runtime, beir: BeirSet, corpus: Path, progress: EvalProgress) -> int:
@@ -121,18 +144,19 @@ async def run_eval(
     match_threshold: float = 0.0,
     progress: EvalProgress | None = None,
     embedder_factory: EmbedderFactory | None = None,
+    reranker_factory: RerankerFactory | None = None,
 ) -> EvalResult:
     """Score every mode on one instance built in a temporary data dir (nothing is kept).
     The match threshold defaults to 0: ranking metrics need the whole ranked list."""
     beir = load_beir(folder)
     report = progress or (lambda stage, done, total: None)
-    rerank_reason = reranking_unavailable(settings)
     with tempfile.TemporaryDirectory(prefix="ragd-eval-") as tmp:
         st = settings.model_copy(
             update={"data_dir": Path(tmp) / "data", "database_url": None, "backend": "local"}
         )
         doc_of = write_corpus(beir, Path(tmp) / "corpus")
-        async with Runtime(st, embedder_factory=embedder_factory) as rt:
+        runtime = Runtime(st, embedder_factory=embedder_factory, reranker_factory=reranker_factory)
+        async with runtime as rt:
             started = time.perf_counter()
             chunks = await _ingest(rt, beir, Path(tmp) / "corpus", report)
             _, cfg = await rt.get_instance(INSTANCE)
@@ -152,16 +176,15 @@ async def run_eval(
                 },
             )
             base = rt.default_options(cfg, match_threshold=match_threshold)
+            rerank_reason = None
+            if any(m.rerank for m in modes):
+                rerank_reason = await reranking_unavailable(rt, cfg)
             for mode in modes:
                 if mode.rerank and rerank_reason:
                     result.not_measured[mode.name] = rerank_reason
                     continue
-                opts = mode_options(base, mode)
                 started = time.perf_counter()
-                rankings: dict[str, list[str]] = {}
-                for n, (qid, text) in enumerate(beir.queries.items(), 1):
-                    rankings[qid] = await ranked_documents(rt, text, opts, doc_of, depth)
-                    report(mode.name, n, len(beir.queries))
+                rankings = await rank_queries(rt, mode, base, beir, doc_of, depth, report)
                 result.query_seconds[mode.name] = round(time.perf_counter() - started, 1)
                 result.metrics[mode.name] = mean_scores(rankings, beir.qrels)
     return result

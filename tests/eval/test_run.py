@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,10 @@ from typer.testing import CliRunner
 
 from rag_service.cli import app
 from rag_service.config import Settings
-from rag_service.errors import InvalidRequest
+from rag_service.errors import BackendError, InvalidRequest
 from rag_service.evaluation.beir import load_beir
 from rag_service.evaluation.run import MODES, rank_documents, run_eval
+from rag_service.providers.protocols import Reranker
 from rag_service.retrieve.search import ScoredChunk
 from rag_service.runtime import Runtime
 from tests.fakes import HashingEmbedder
@@ -52,11 +54,25 @@ def beir_dir(tmp_path: Path) -> Path:
     return write_beir(tmp_path / "tiny")
 
 
+class TeaReranker:
+    """Puts whatever mentions tea first: a reranked mode that really reranks scores worse."""
+
+    model_id = "test/tea"
+
+    async def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
+        return [1.0 if "tea" in t.lower().split() else 0.0 for t in texts]
+
+
+def no_reranker(model: str) -> Reranker:
+    raise BackendError(f"cannot load reranking model {model!r}")
+
+
 @pytest.fixture
 def hashing(monkeypatch: pytest.MonkeyPatch) -> HashingEmbedder:
-    """The model fake for runs started from the CLI, where no factory can be passed."""
+    """The model fakes for runs started from the CLI, where no factory can be passed."""
     embedder = HashingEmbedder()
     monkeypatch.setattr(Runtime, "_local_embedder", lambda self, model, pooling: embedder)
+    monkeypatch.setattr(Runtime, "_local_reranker", lambda self, model: no_reranker(model))
     return embedder
 
 
@@ -77,6 +93,7 @@ async def test_every_mode_finds_the_relevant_document(tmp_path: Path, beir_dir: 
         depth=3,
         progress=lambda stage, done, total: stages.append(stage),
         embedder_factory=lambda model, pooling: embedder,
+        reranker_factory=no_reranker,
     )
     assert (result.documents, result.queries) == (5, 4)
     assert result.chunks > result.documents  # the long document was split
@@ -84,8 +101,26 @@ async def test_every_mode_finds_the_relevant_document(tmp_path: Path, beir_dir: 
     for scores in result.metrics.values():
         assert scores == {"ndcg@10": 1.0, "recall@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0}
     assert set(result.not_measured) == {m.name for m in MODES if m.rerank}
+    assert all("no reranker weights offline" in why for why in result.not_measured.values())
     assert stages.count("indexing") == 5 and stages.count("hybrid") == 4
     assert not (tmp_path / "unused").exists()  # the run kept nothing
+
+
+async def test_reranked_modes_go_through_the_reranker(tmp_path: Path, beir_dir: Path) -> None:
+    embedder = HashingEmbedder()
+    result = await run_eval(
+        Settings(data_dir=tmp_path / "unused"),
+        beir_dir,
+        modes=[m for m in MODES if m.name in ("keyword", "keyword+rerank", "hybrid+rerank")],
+        embedder_factory=lambda model, pooling: embedder,
+        reranker_factory=lambda model: TeaReranker(),
+    )
+    assert not result.not_measured
+    # keyword hits never include the tea passage: reranking only reorders what was retrieved
+    assert result.metrics["keyword"]["mrr@10"] == result.metrics["keyword+rerank"]["mrr@10"] == 1.0
+    # hybrid retrieves every passage (threshold 0) and the reranker puts tea first each time
+    assert result.metrics["hybrid+rerank"]["mrr@10"] == pytest.approx(0.5)
+    assert result.metrics["hybrid+rerank"]["recall@10"] == 1.0
 
 
 def test_document_scored_by_its_best_chunk() -> None:
