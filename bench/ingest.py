@@ -2,92 +2,23 @@
 texts, in the same run, as a ratio (target >= 0.9 with the local MiniLM).
 
 Usage: python bench/ingest.py [--docs 200] [--repeat 3]   (medians of alternating runs)
-Writes bench/results/ingest.json.
+Writes bench/results/ingest.json. The same as `ragd bench ingest`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import random
-import sqlite3
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from bench.machine import describe_machine, save_result
-from rag_service.config import Settings
-from rag_service.runtime import Runtime
-
-_VOCABULARY = """
-    river mountain engine protocol harvest ledger copper signal orchard lantern theorem glacier
-    market circuit harbor violin quartz meadow archive compass festival nitrogen canyon vessel
-    beacon pigment spindle thunder prairie cipher
-"""
-WORDS = _VOCABULARY.split()
-
-
-def make_corpus(root: Path, docs: int, seed: int = 7) -> None:
-    rng = random.Random(seed)
-    root.mkdir(parents=True)
-    for d in range(docs):
-        paragraphs = [
-            " ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 120))).capitalize() + "."
-            for _ in range(rng.randint(2, 8))
-        ]
-        (root / f"doc{d:04}.md").write_text(f"# Document {d}\n\n" + "\n\n".join(paragraphs))
-
-
-def stored_texts(data: Path) -> list[str]:
-    db = data / "instances" / "default" / "index" / "index.sqlite3"
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT metadata FROM chunks ORDER BY id").fetchall()
-    return [json.loads(m)["text"] for (m,) in rows]
-
-
-async def run(docs: int, repeat: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="ragd-bench-ingest-"))
-    make_corpus(work / "src", docs)
-    sync_rates: list[float] = []
-    raw_rates: list[float] = []
-    chunks = 0
-    for attempt in range(repeat):
-        data = work / f"data{attempt}"
-        async with Runtime(Settings(data_dir=data, source=str(work / "src"))) as rt:
-            await rt.ensure_default_instance()
-            _, cfg = await rt.get_instance("default")
-            embedder = await rt.embedder(cfg)
-            await embedder.embed_documents(["warm up the model"] * 8)
-            t0 = time.perf_counter()
-            result = await rt.sync("default")
-            sync_s = time.perf_counter() - t0
-            assert result.status == "completed", result.end_reason
-            chunks = result.counts["chunks"]
-            sync_rates.append(chunks / sync_s)
-            texts = stored_texts(data)
-            assert len(texts) == chunks
-            t0 = time.perf_counter()
-            await embedder.embed_documents(texts)  # the embedder batches on its own
-            raw_rates.append(len(texts) / (time.perf_counter() - t0))
-    sync_rate, raw_rate = statistics.median(sync_rates), statistics.median(raw_rates)
-    return {
-        "docs": docs,
-        "chunks": chunks,
-        "sync_chunks_per_s": round(sync_rate, 2),
-        "raw_embed_texts_per_s": round(raw_rate, 2),
-        "ratio": round(sync_rate / raw_rate, 3),
-        "runs": {"sync": sync_rates, "raw": raw_rates},
-        "machine": describe_machine(),
-    }
+from rag_service.benchmarks.ingest import run, summary
+from rag_service.benchmarks.machine import save_result
 
 
 def main() -> None:
@@ -97,11 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(args.docs, args.repeat))
     save_result("ingest", result)
-    print(
-        f"{result['chunks']} chunks from {result['docs']} documents: sync "
-        f"{result['sync_chunks_per_s']} chunks/s, raw embedder {result['raw_embed_texts_per_s']} "
-        f"texts/s, ratio {result['ratio']} (target >= 0.9)"
-    )
+    print(summary(result))
 
 
 if __name__ == "__main__":
