@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from rag_service.benchmarks import BenchKind
 from rag_service.config import Settings
 from rag_service.errors import InvalidRequest, RagError
 from rag_service.instances import InstanceConfig
@@ -341,6 +342,49 @@ def eval_cmd(
     if json_file is not None:
         json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     Console().print(result_table(result))
+
+
+@app.command()
+def bench(
+    kind: Annotated[BenchKind, typer.Argument(help="ingest, query or index.")],
+    chunks: Annotated[int, typer.Option(min=1, help="query: chunks in the index.")] = 100_000,
+    queries: Annotated[int, typer.Option(min=1, help="query, index: queries per measure.")] = 200,
+    clients: Annotated[
+        list[int] | None, typer.Option("--clients", min=1, help="query: concurrent clients.")
+    ] = None,
+    sizes: Annotated[
+        list[int] | None, typer.Option("--size", min=1, help="index: vectors.")
+    ] = None,
+    docs: Annotated[int, typer.Option(min=1, help="ingest: documents.")] = 200,
+    repeat: Annotated[int, typer.Option(min=1, help="ingest: alternating runs.")] = 3,
+    out: Annotated[Path | None, typer.Option(help="Folder for KIND.json.")] = None,
+) -> None:
+    """Throughput and latency on this machine: ingest (sync chunks/s vs the bare embedder),
+    query (/search p50/p95/p99 by concurrent clients, overhead beyond embed + index) or index
+    (vector top-10 latency by size). Writes bench/results/KIND.json with the machine."""
+    from rag_service.benchmarks import index as index_bench
+    from rag_service.benchmarks import ingest as ingest_bench
+    from rag_service.benchmarks import query as query_bench
+    from rag_service.benchmarks.machine import RESULTS, save_result
+
+    _quiet_models()
+    modules = {"ingest": ingest_bench, "query": query_bench, "index": index_bench}
+    with _progress_bar() as bar:
+        task = bar.add_task(kind, total=None)
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        if kind == "ingest":
+            result = _run(ingest_bench.run(docs, repeat))
+        elif kind == "query":
+            runs = clients or query_bench.CLIENTS
+            result = _run(query_bench.run(chunks, queries, runs, progress=progress))
+        else:
+            result = _run(index_bench.run(sizes or index_bench.SIZES, queries, progress=progress))
+    path = save_result(kind, result, out or RESULTS)
+    Console().print(modules[kind].summary(result))
+    err.print(f"written to {path}")
 
 
 @app.command("instances")
