@@ -404,5 +404,31 @@ def list_instances_cmd(data_dir: DataDir = None) -> None:
     Console().print(table)
 
 
+@app.command("jobs")
+def list_jobs_cmd(
+    instance: Annotated[str, typer.Argument(help="Instance id.")] = DEFAULT_INSTANCE,
+    limit: Annotated[int, typer.Option(help="How many of the latest jobs.")] = 10,
+    data_dir: DataDir = None,
+) -> None:
+    """The instance's latest sync jobs: status, timings, end reason."""
+    from rag_service.jobs import list_jobs
+
+    async def go() -> list[tuple[str, ...]]:
+        async with Runtime(_settings(data_dir)) as rt:
+            await _instance(rt, instance)
+            _, jobs = await list_jobs(rt, instance, 1, max(1, limit))
+        stamp = "%Y-%m-%d %H:%M:%S"
+        return [
+            (j.id[:8], j.source, j.status, j.started_at.strftime(stamp) if j.started_at else "",
+             j.ended_at.strftime(stamp) if j.ended_at else "", j.end_reason or "")
+            for j in jobs
+        ]  # fmt: skip
+
+    table = Table("job", "source", "status", "started (UTC)", "ended (UTC)", "end reason")
+    for row in _run(go()):
+        table.add_row(*row)
+    Console().print(table)
+
+
 if __name__ == "__main__":
     app()

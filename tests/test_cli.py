@@ -72,6 +72,12 @@ def test_sync_search_json_and_resync(tmp_path: Path, folder: Path) -> None:
     )
     assert all(c["item"]["key"] != "volcanoes.md" for c in gone["chunks"])
 
+    jobs = ragd("jobs", "--limit", "2", data_dir=data, env={"COLUMNS": "200"})
+    assert jobs.returncode == 0, jobs.stderr
+    rows = [line for line in jobs.stdout.splitlines() if " user " in line]
+    assert len(rows) == 2 and all("completed" in r for r in rows)
+    assert "1 indexed" in rows[0] and "1 deleted" in rows[0]  # the latest first
+
 
 def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
     no_worker = ragd(
