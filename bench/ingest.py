@@ -17,8 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from rag_service.benchmarks.ingest import run, summary
+from rag_service.benchmarks.ingest import make_corpus, run, summary
 from rag_service.benchmarks.machine import save_result
+
+__all__ = ["make_corpus", "run"]  # bench/cloudflare_ingest.py writes the same corpus
 
 
 def main() -> None:
