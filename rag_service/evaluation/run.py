@@ -21,6 +21,7 @@ from rag_service.retrieve.search import RetrievalOptions, RetrievalType, ScoredC
 from rag_service.runtime import EmbedderFactory, RerankerFactory, Runtime
 
 INSTANCE = "beir"
+NO_RERANKER = "not measured: no reranker weights offline"
 EvalProgress = Callable[[str, int, int | None], None]  # stage, done, total
 
 
@@ -60,12 +61,12 @@ class EvalResult:
         return {**self.metrics, "meta": meta}
 
 
-async def reranking_unavailable(rt: Runtime, cfg: InstanceConfig) -> str | None:
-    """Why reranked modes cannot be measured here (their model does not load), or None."""
+async def reranker_error(rt: Runtime, cfg: InstanceConfig) -> str | None:
+    """Why the reranker does not load (reranked modes are then not measured), or None."""
     try:
         await rt.reranker(cfg)
     except RagError as exc:
-        return f"not measured: no reranker weights offline ({exc.message[:200]})"
+        return exc.message
     return None
 
 
@@ -176,12 +177,12 @@ async def run_eval(
                 },
             )
             base = rt.default_options(cfg, match_threshold=match_threshold)
-            rerank_reason = None
-            if any(m.rerank for m in modes):
-                rerank_reason = await reranking_unavailable(rt, cfg)
+            error = await reranker_error(rt, cfg) if any(m.rerank for m in modes) else None
+            if error:
+                result.settings["reranker_error"] = error
             for mode in modes:
-                if mode.rerank and rerank_reason:
-                    result.not_measured[mode.name] = rerank_reason
+                if mode.rerank and error:
+                    result.not_measured[mode.name] = NO_RERANKER
                     continue
                 started = time.perf_counter()
                 rankings = await rank_queries(rt, mode, base, beir, doc_of, depth, report)

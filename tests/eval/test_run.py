@@ -101,7 +101,8 @@ async def test_every_mode_finds_the_relevant_document(tmp_path: Path, beir_dir: 
     for scores in result.metrics.values():
         assert scores == {"ndcg@10": 1.0, "recall@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0}
     assert set(result.not_measured) == {m.name for m in MODES if m.rerank}
-    assert all("no reranker weights offline" in why for why in result.not_measured.values())
+    assert set(result.not_measured.values()) == {"not measured: no reranker weights offline"}
+    assert result.settings["reranker_error"].startswith("cannot load reranking model")
     assert stages.count("indexing") == 5 and stages.count("hybrid") == 4
     assert not (tmp_path / "unused").exists()  # the run kept nothing
 
