@@ -14,14 +14,16 @@ from rag_service.errors import RagError
 from rag_service.instances import instance_config, list_instances
 from rag_service.models import Job
 from rag_service.runtime import Runtime
-from workers.lock import LOCK_TTL_MS, instance_lock
+from workers.lock import instance_lock
 
 log = logging.getLogger("ragd.worker")
 
 MAX_TRIES = 3
-# A user's sync waits this long for the instance's lock: long enough for the lock of a worker
-# killed mid-sync to expire, so that a restart followed by `ragd sync` simply works.
-USER_LOCK_WAIT_S = LOCK_TTL_MS / 1000 + 5
+JOB_TIMEOUT_S = 6 * 3600
+# A user's sync waits for the instance's lock: for a running sync to end (a scheduled one, say,
+# started by a new worker for a new instance) and for the lock of a worker killed mid-sync to
+# expire (<= LOCK_TTL_MS), so that `ragd sync` always ends with a sync run after it was asked.
+USER_LOCK_WAIT_S = JOB_TIMEOUT_S / 2
 
 
 def _lock_wait(source: str) -> float:

@@ -11,7 +11,14 @@ from arq.worker import Worker
 
 from rag_service.config import Settings
 from rag_service.runtime import Runtime
-from workers.tasks import MAX_TRIES, delete_item, enqueue_due_syncs, index_item, sync_instance
+from workers.tasks import (
+    JOB_TIMEOUT_S,
+    MAX_TRIES,
+    delete_item,
+    enqueue_due_syncs,
+    index_item,
+    sync_instance,
+)
 
 QUEUE = "ragd:queue"
 HEALTH_CHECK_SECONDS = 10
@@ -60,7 +67,7 @@ def build_worker(
         on_shutdown=shutdown,
         burst=burst,
         max_jobs=4,
-        job_timeout=6 * 3600,
+        job_timeout=JOB_TIMEOUT_S,
         max_tries=MAX_TRIES,
         health_check_interval=HEALTH_CHECK_SECONDS,
         health_check_key=health_check_key(),

@@ -3,8 +3,10 @@ pick an instance, ask, watch the answer stream in, see the sources with their sc
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -14,6 +16,13 @@ from tests.api.test_legacy import client, database_url  # noqa: F401
 
 CHROMIUM = os.environ.get("RAGD_TEST_CHROMIUM", "/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.async_api")
+
+
+async def until(read: Callable[[], Awaitable[str | None]], wanted: str) -> None:
+    """Poll `read` until it returns `wanted` (for up to a minute)."""
+    async with asyncio.timeout(60):
+        while await read() != wanted:  # noqa: ASYNC110 (the page is not ours to signal)
+            await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -37,12 +46,13 @@ async def test_playground_streams_an_answer_with_sources(
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(f"{client.base_url}/#token=test-token")
-            await page.wait_for_function("document.querySelector('#instance').value === 'default'")
+            # Polled from here: the page's CSP forbids the eval that wait_for_function uses.
+            await until(lambda: page.input_value("#instance"), "default")
             assert "token" not in page.url  # the token leaves the address bar at once
             await page.fill("#question", "How do I bake bread?")
             await page.click("#send")
             await page.wait_for_selector("#sources .source")
-            await page.wait_for_function("document.querySelector('#status').textContent === 'done'")
+            await until(lambda: page.text_content("#status"), "done")
             answer = await page.inner_text("#answer")
             assert len(answer.split()) > 5 and "bread" in answer.lower()
             first = page.locator("#sources .source").first

@@ -132,6 +132,11 @@ def test_worker_killed_mid_sync_then_restarted_matches_a_clean_run(
     client.flushdb()
     data = tmp_path / "worker"
     env = env_for(s3, data)
+    # The instance exists before the worker starts, so the worker's schedule syncs it at once
+    # and the user's `ragd sync` below waits for that sync: the kill lands on both.
+    assert (
+        subprocess.run(ragd("instances"), env=env, capture_output=True, check=False).returncode == 0
+    )
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(ragd("worker"), env=env, stdout=log, stderr=log)
     follower = subprocess.Popen(ragd("sync"), env=env, stdout=subprocess.PIPE,
