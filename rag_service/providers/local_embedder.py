@@ -17,7 +17,11 @@ from transformers import AutoModel, AutoTokenizer
 
 from rag_service.config import BGE_QUERY_INSTRUCTION, DEFAULT_EMBEDDING_MODEL
 from rag_service.errors import BackendError
-from rag_service.providers.local_models import resolve_embedding_model, torch_threads
+from rag_service.providers.local_models import (
+    length_batches,
+    resolve_embedding_model,
+    torch_threads,
+)
 from rag_service.providers.protocols import Pooling, Vector
 
 _MAX_TOKENS_CAP = 512
@@ -115,12 +119,10 @@ class LocalEmbedder:
 
     def _embed(self, texts: list[str]) -> Vector:
         """Longest texts first so each batch pads little; rows are put back in input order."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         out: Vector = np.empty((len(texts), self.dimensions), dtype=np.float32)
         with self._torch_lock, torch.inference_mode():
             torch.set_num_threads(self.threads)
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
+            for rows in length_batches(texts, self.batch_size):
                 batch = self._batch_tokenizer(
                     [texts[i] for i in rows],
                     padding=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rag_service.config import DEFAULT_EMBEDDING_MODEL
@@ -74,3 +75,10 @@ def torch_threads() -> int:
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
     return max(1, cpus // 2)
+
+
+def length_batches(texts: Sequence[str], size: int) -> Iterator[list[int]]:
+    """Indices of `texts` in batches of `size`, longest first, so that each batch pads little."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    for start in range(0, len(order), size):
+        yield order[start : start + size]

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rag_service.errors import BackendError
-from rag_service.providers.local_models import torch_threads
+from rag_service.providers.local_models import length_batches, torch_threads
 
 DEFAULT_LOCAL_RERANKING_MODEL = "BAAI/bge-reranker-base"
 _MAX_TOKENS_CAP = 512
@@ -71,12 +71,10 @@ class LocalReranker:
 
     def _score(self, query: str, texts: list[str]) -> list[float]:
         """Longest texts first so each batch pads little; scores are put back in input order."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         scores = [0.0] * len(texts)
         with self._torch_lock, torch.inference_mode():
             torch.set_num_threads(self.threads)
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
+            for rows in length_batches(texts, self.batch_size):
                 batch = self.tokenizer(
                     [query] * len(rows),
                     [texts[i] for i in rows],
