@@ -19,7 +19,14 @@ from rag_service.ingest.index import custom_fields, delete_chunks, index_chunks
 from rag_service.ingest.retry import retry_transient
 from rag_service.instances import InstanceConfig
 from rag_service.models import Item
-from rag_service.providers.protocols import Embedder, ObjectInfo, ObjectSource, Vector, VectorIndex
+from rag_service.providers.protocols import (
+    Embedder,
+    MetadataValue,
+    ObjectInfo,
+    ObjectSource,
+    Vector,
+    VectorIndex,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +127,8 @@ async def finish_window(ctx: SyncContext, prepared: Prepared, job_id: str) -> li
     merges them into few requests."""
     vectors = await embed_groups(ctx.embedder, [chunks for _, chunks, _ in prepared.ready])
 
-    async def store(ready: Ready, vecs: Vector | RagError) -> Exception | None:
+    async def store(ready: Ready, vecs: Vector | RagError) -> dict[str, MetadataValue] | Exception:
+        """The item's chunks written (returns the custom metadata they carry), or why not."""
         info, chunks, item = ready
         if isinstance(vecs, RagError):
             return vecs
@@ -132,17 +140,16 @@ async def finish_window(ctx: SyncContext, prepared: Prepared, job_id: str) -> li
             )
         except Exception as exc:
             return exc
-        return None
+        return extra
 
-    failures = await asyncio.gather(*map(store, prepared.ready, vectors))
+    stored = await asyncio.gather(*map(store, prepared.ready, vectors))
     outcomes = list(prepared.done)
-    for (info, chunks, item), failure in zip(prepared.ready, failures, strict=True):
-        if failure is not None:
-            outcomes.append(await _unreadable(ctx, info, job_id, failure))
+    for (info, chunks, item), result in zip(prepared.ready, stored, strict=True):
+        if isinstance(result, Exception):
+            outcomes.append(await _unreadable(ctx, info, job_id, result))
             continue
-        extra = custom_fields(info, ctx.config.custom_metadata)
         await record.end_item(
-            ctx.sessions, item.id, info, "completed", chunks_count=len(chunks), metadata=extra
+            ctx.sessions, item.id, info, "completed", chunks_count=len(chunks), metadata=result
         )
         outcomes.append(Outcome(info, "completed", str(len(chunks))))
     return outcomes
