@@ -65,6 +65,7 @@ async def update_instance(
         row.config = cfg.model_dump(mode="json")
         if source:
             row.source = normalise_source(source)
+    runtime.forget_instance(instance_id)
     return row
 
 
@@ -75,6 +76,7 @@ async def delete_instance(runtime: Runtime, instance_id: str) -> Instance:
     async with runtime.sessions() as session, session.begin():
         row = await instances.get_instance(session, instance_id)
         await session.delete(row)
+    runtime.forget_instance(instance_id)
     await runtime.drop_index(instance_id)
     await asyncio.to_thread(
         shutil.rmtree, runtime.settings.instance_dir(instance_id), ignore_errors=True

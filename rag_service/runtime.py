@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ from rag_service.retrieve.search import RetrievalOptions, ScoredChunk, search
 
 SAMPLE_DOCS = Path(__file__).resolve().parent / "sample_docs"
 DEFAULT_INSTANCE = "default"
+# How long the query path trusts an instance's settings without reading them again. Changes made
+# through this process apply at once; another process's changes within this many seconds.
+CONFIG_TTL_S = 2.0
 
 
 # transformers' lazy module is not safe to import from two threads at once; loading is.
@@ -81,6 +85,7 @@ class Runtime:
         self._embedders: dict[tuple[str, str | None], Embedder] = {}
         self._generators: dict[str, Generator] = {}
         self._indexes: dict[str, VectorIndex] = {}
+        self._configs: dict[str, tuple[float, InstanceConfig]] = {}
         self._sync_locks: dict[str, asyncio.Lock] = {}
         self._loading_embedder = asyncio.Lock()
         self._loading_generator = asyncio.Lock()
@@ -130,6 +135,7 @@ class Runtime:
         async with self.sessions() as session, session.begin():
             row = await instances.get_instance(session, instance_id)
             row.source = normalise_source(source)
+        self.forget_instance(instance_id)
 
     async def has_synced(self, instance_id: str) -> bool:
         async with self.sessions() as session:
@@ -141,7 +147,21 @@ class Runtime:
     async def get_instance(self, instance_id: str) -> tuple[Instance, InstanceConfig]:
         async with self.sessions() as session:
             row = await instances.get_instance(session, instance_id)
-            return row, instances.instance_config(row)
+            cfg = instances.instance_config(row)
+        self._configs[instance_id] = (time.monotonic(), cfg)
+        return row, cfg
+
+    async def instance_config(self, instance_id: str) -> InstanceConfig:
+        """The instance's settings for the query path: read at most every CONFIG_TTL_S seconds
+        (a database round trip is a millisecond, a search's budget a few)."""
+        cached = self._configs.get(instance_id)
+        if cached is not None and time.monotonic() - cached[0] < CONFIG_TTL_S:
+            return cached[1]
+        return (await self.get_instance(instance_id))[1]
+
+    def forget_instance(self, instance_id: str) -> None:
+        """Read the instance's settings again on next use (after this process changed them)."""
+        self._configs.pop(instance_id, None)
 
     # Providers
 
@@ -393,7 +413,7 @@ class Runtime:
     ) -> list[ScoredChunk]:
         """Retrieve, then rerank when `reranking` is given (a reranker that cannot be had is
         an error even when nothing was found)."""
-        _, cfg = await self.get_instance(instance_id)
+        cfg = await self.instance_config(instance_id)
         reranker = await self.reranker(cfg, reranking.model) if reranking else None
         embedder = await self.embedder(cfg)
         chunks = await search(embedder, await self.index(instance_id, cfg), query, opts)
@@ -414,7 +434,7 @@ class Runtime:
     ) -> tuple[Generator, Prompt]:
         """Retrieve (with `search_query`, a rewritten `query`, when given), then fit the
         chunks into the answer model's prompt by token count."""
-        _, cfg = await self.get_instance(instance_id)
+        cfg = await self.instance_config(instance_id)
         if model:
             cfg = cfg.model_copy(update={"ai_search_model": model})
         chunks = await self.search(instance_id, search_query or query, opts, reranking)

@@ -96,7 +96,7 @@ async def cache_use(
     conversation): an answer is only reused for the same filters, models and prompts."""
     if plan.cache is None:
         return None
-    _, cfg = await runtime.get_instance(instance_id)
+    cfg = await runtime.instance_config(instance_id)
     settings = runtime.settings
     scope = {
         "instance": cfg.model_dump(mode="json"),
@@ -121,7 +121,7 @@ async def cached(runtime: Runtime, instance_id: str, use: CacheUse | None) -> Ca
     hit = await use.cache.lookup(use.scope, use.prompt, use.level)
     if hit is None:
         return None
-    _, cfg = await runtime.get_instance(instance_id)
+    cfg = await runtime.instance_config(instance_id)
     if await chunks_unchanged(await runtime.index(instance_id, cfg), hit):
         return hit
     await use.cache.drop(hit.entry_id)

@@ -206,7 +206,7 @@ class SearchPlan:
 
 async def plan_for(runtime: Runtime, instance_id: str, options: AISearchOptions) -> SearchPlan:
     """The plan for one instance (NotFound when there is no such instance)."""
-    _, cfg = await runtime.get_instance(instance_id)
+    cfg = await runtime.instance_config(instance_id)
     return plan_search(runtime, cfg, options)
 
 
@@ -274,7 +274,7 @@ async def search_query(
     if earlier is None:
         plan.notes.append(REWRITE_FIRST_MESSAGE)
         return question
-    _, cfg = await runtime.get_instance(instance_id)
+    cfg = await runtime.instance_config(instance_id)
     model = plan.rewrite.model or answer_model
     if model:
         cfg = cfg.model_copy(update={"ai_search_model": model})

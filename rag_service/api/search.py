@@ -38,7 +38,7 @@ async def expanded(
 ) -> list[ScoredChunk]:
     if not plan.context_expansion:
         return chunks
-    _, cfg = await runtime.get_instance(instance_id)
+    cfg = await runtime.instance_config(instance_id)
     index = await runtime.index(instance_id, cfg)
     return await expand_context(index, chunks, plan.context_expansion)
 
