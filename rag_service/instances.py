@@ -53,6 +53,7 @@ class InstanceConfig(BaseModel):
     ai_search_model: str | None = None
     rewrite_query: bool = False
     rewrite_model: str | None = None
+    split_exclusions: bool = False  # ragd's: retrieve without "... but don't mention X"
     reranking: bool = False
     reranking_model: str | None = None
     max_num_results: int = Field(10, ge=1, le=50)

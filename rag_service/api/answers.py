@@ -104,6 +104,7 @@ async def cache_use(
         "max_tokens": settings.generation_max_tokens,
         "retrieval": asdict(plan.retrieval),
         "rewrite": asdict(plan.rewrite) if plan.rewrite else None,
+        "split_exclusions": plan.split_exclusions,
         "reranking": asdict(plan.reranking) if plan.reranking else None,
         "context_expansion": plan.context_expansion,
         **request,

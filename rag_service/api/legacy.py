@@ -36,6 +36,7 @@ class LegacySearchRequest(BaseModel):
 
     query: str = Field(min_length=1, max_length=10_000)
     rewrite_query: bool | None = None  # None: the instance's setting
+    split_exclusions: bool | None = None  # ragd's; None: the instance's setting
     max_num_results: int = Field(10, ge=1, le=50)
     ranking_options: RankingOptions = Field(default_factory=RankingOptions)
     reranking: Reranking = Field(default_factory=Reranking)
@@ -60,7 +61,9 @@ def ai_search_options(body: LegacySearchRequest) -> opt.AISearchOptions:
             match_threshold=body.ranking_options.score_threshold,
             filters=body.filters,
         ),
-        query_rewrite=opt.QueryRewrite(enabled=body.rewrite_query),
+        query_rewrite=opt.QueryRewrite(
+            enabled=body.rewrite_query, split_exclusions=body.split_exclusions
+        ),
         reranking=opt.Reranking(enabled=body.reranking.enabled, model=body.reranking.model),
     )
 

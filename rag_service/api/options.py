@@ -13,6 +13,7 @@ from rag_service.errors import InvalidRequest
 from rag_service.instances import InstanceConfig
 from rag_service.providers.protocols import ChatMessage
 from rag_service.retrieve.cache import CacheThreshold
+from rag_service.retrieve.exclusions import split_exclusions
 from rag_service.retrieve.filters import NormFilter, parse_filter
 from rag_service.retrieve.rerank import RerankOptions
 from rag_service.retrieve.rewrite import rewrite_query
@@ -65,6 +66,7 @@ class Retrieval(Lenient):
 
 class QueryRewrite(Lenient):
     enabled: bool | None = None
+    split_exclusions: bool | None = None  # ragd's: retrieve without "... but don't mention X"
     model: str | None = None
     rewrite_prompt: str | None = Field(
         None, max_length=20_000, validation_alias=AliasChoices("rewrite_prompt", "prompt")
@@ -201,6 +203,7 @@ class SearchPlan:
     rewrite: RewriteOptions | None = None
     reranking: RerankOptions | None = None
     cache: CacheThreshold | None = None
+    split_exclusions: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -244,6 +247,7 @@ def plan_search(runtime: Runtime, cfg: InstanceConfig, options: AISearchOptions)
         cache=(cache.cache_threshold or cfg.cache_threshold)
         if _enabled(cache.enabled, cfg.cache)
         else None,
+        split_exclusions=_enabled(qr.split_exclusions, cfg.split_exclusions),
         notes=notes,
     )
 
@@ -268,7 +272,20 @@ async def search_query(
     answer_model: str | None = None,
 ) -> str:
     """What to retrieve with: the question rewritten by the rewrite model (the instance's, else
-    the answer model) when the plan asks for it and `earlier` is not None."""
+    the answer model) when the plan asks for it and `earlier` is not None; then without its
+    exclusions when the plan splits them off."""
+    query = await _rewritten(runtime, instance_id, plan, question, earlier, answer_model)
+    return split_exclusions(query).positive if plan.split_exclusions else query
+
+
+async def _rewritten(
+    runtime: Runtime,
+    instance_id: str,
+    plan: SearchPlan,
+    question: str,
+    earlier: Sequence[ChatMessage] | None,
+    answer_model: str | None,
+) -> str:
     if plan.rewrite is None:
         return question
     if earlier is None:

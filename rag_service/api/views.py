@@ -47,6 +47,7 @@ def instance_view(
         "chunk_overlap": cfg.chunk_overlap,
         "rewrite_query": cfg.rewrite_query,
         "rewrite_model": cfg.rewrite_model,
+        "split_exclusions": cfg.split_exclusions,
         "reranking": cfg.reranking,
         "reranking_model": cfg.reranking_model,
         "max_num_results": cfg.max_num_results,

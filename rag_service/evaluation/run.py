@@ -16,6 +16,7 @@ from rag_service.errors import RagError
 from rag_service.evaluation.beir import BeirSet, load_beir, write_corpus
 from rag_service.evaluation.metrics import mean_scores
 from rag_service.instances import InstanceConfig
+from rag_service.retrieve.exclusions import split_exclusions
 from rag_service.retrieve.rerank import RerankOptions
 from rag_service.retrieve.search import RetrievalOptions, RetrievalType, ScoredChunk
 from rag_service.runtime import EmbedderFactory, RerankerFactory, Runtime
@@ -31,6 +32,7 @@ class Mode:
     retrieval_type: RetrievalType
     fusion_method: Literal["rrf", "max"] = "rrf"
     rerank: bool = False
+    split_exclusions: bool = False
 
 
 _BASE = (
@@ -39,7 +41,13 @@ _BASE = (
     Mode("hybrid", "hybrid", "rrf"),
     Mode("hybrid-max", "hybrid", "max"),
 )
-MODES = _BASE + tuple(dataclasses.replace(m, name=f"{m.name}+rerank", rerank=True) for m in _BASE)
+MODES = (
+    _BASE
+    + tuple(dataclasses.replace(m, name=f"{m.name}+rerank", rerank=True) for m in _BASE)
+    + tuple(
+        dataclasses.replace(m, name=f"{m.name}+exclusions", split_exclusions=True) for m in _BASE
+    )
+)
 
 
 @dataclass
@@ -116,7 +124,8 @@ async def rank_queries(
     reranking = RerankOptions() if mode.rerank else None
     rankings: dict[str, list[str]] = {}
     for qid, text in beir.queries.items():
-        rankings[qid] = await ranked_documents(rt, text, opts, doc_of, depth, reranking)
+        query = split_exclusions(text).positive if mode.split_exclusions else text
+        rankings[qid] = await ranked_documents(rt, query, opts, doc_of, depth, reranking)
         report(mode.name, len(rankings), len(beir.queries))
     return rankings
 

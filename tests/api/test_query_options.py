@@ -181,3 +181,22 @@ async def test_instance_settings_turn_the_stages_on_and_requests_turn_them_off(r
     assert [r.headers["cf-aig-cache-status"] for r in (first, again)] == ["MISS", "HIT"]
     assert again.json()["result"]["response"] == first.json()["result"]["response"]
     assert len(rig.generator.asked) == 1
+
+
+async def test_split_exclusions_searches_without_the_excluded_part(rig: Rig) -> None:
+    question = "Water the garden, but don't mention the bread dough in the oven."
+    keyword = {"retrieval_type": "keyword"}
+    asked = await rig.search({"query": question, "ai_search_options": {"retrieval": keyword}})
+    assert asked["result"]["search_query"] == question
+    assert keys(asked["result"]["chunks"])[0] == BREAD  # "bread dough oven" outweighs "garden"
+    options = {"retrieval": keyword, "query_rewrite": {"split_exclusions": True}}
+    split = await rig.search({"query": question, "ai_search_options": options})
+    assert split["result"]["search_query"] == "Water the garden."
+    assert keys(split["result"]["chunks"]) == [GARDEN]
+    # The instance's setting turns it on for AutoRAG's route too; a request turns it off.
+    resp = await rig.http.put(INSTANCE, json={"split_exclusions": True}, headers=AUTH)
+    assert resp.status_code == 200 and resp.json()["result"]["split_exclusions"] is True
+    legacy = (await rig.post("/search", {"query": question})).json()["result"]
+    assert legacy["search_query"] == "Water the garden."
+    body = {"query": question, "split_exclusions": False}
+    assert (await rig.post("/search", body)).json()["result"]["search_query"] == question

@@ -97,7 +97,8 @@ async def test_every_mode_finds_the_relevant_document(tmp_path: Path, beir_dir: 
     )
     assert (result.documents, result.queries) == (5, 4)
     assert result.chunks > result.documents  # the long document was split
-    assert set(result.metrics) == {"vector", "keyword", "hybrid", "hybrid-max"}
+    measured = {m.name for m in MODES if not m.rerank}
+    assert set(result.metrics) == measured and "hybrid+exclusions" in measured
     for scores in result.metrics.values():
         assert scores == {"ndcg@10": 1.0, "recall@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0}
     assert set(result.not_measured) == {m.name for m in MODES if m.rerank}
@@ -122,6 +123,36 @@ async def test_reranked_modes_go_through_the_reranker(tmp_path: Path, beir_dir: 
     # hybrid retrieves every passage (threshold 0) and the reranker puts tea first each time
     assert result.metrics["hybrid+rerank"]["mrr@10"] == pytest.approx(0.5)
     assert result.metrics["hybrid+rerank"]["recall@10"] == 1.0
+
+
+async def test_exclusion_modes_search_without_the_excluded_part(tmp_path: Path) -> None:
+    root = tmp_path / "neg"
+    (root / "qrels").mkdir(parents=True)
+    docs = {
+        "plain": "Sourdough bread, baked slowly.",
+        "yeast": "Wild yeast makes sourdough bread rise; wild yeast lives in flour.",
+    }
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in docs.items())
+    )
+    query = {"_id": "q", "text": "Sourdough bread, but don't mention wild yeast."}
+    (root / "queries.jsonl").write_text(json.dumps(query) + "\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\tplain\t1\n")
+    embedder = HashingEmbedder()
+    names = ("vector", "keyword", "vector+exclusions", "keyword+exclusions")
+    result = await run_eval(
+        Settings(data_dir=tmp_path / "unused"),
+        root,
+        modes=[m for m in MODES if m.name in names],
+        embedder_factory=lambda model, pooling: embedder,
+    )
+    mrr = {mode: scores["mrr@10"] for mode, scores in result.metrics.items()}
+    assert mrr == {
+        "vector": 0.5,
+        "keyword": 0.5,
+        "vector+exclusions": 1.0,
+        "keyword+exclusions": 1.0,
+    }
 
 
 def test_document_scored_by_its_best_chunk() -> None:
