@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_service.errors import Conflict, InvalidRequest, NotFound
 from rag_service.models import Instance
+from rag_service.retrieve.boost import MAX_BOOSTS, Boost, Direction, resolve_boosts
 
 SYNC_INTERVALS = (900, 1800, 3600, 7200, 14400, 21600, 43200, 86400)
 INSTANCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -25,6 +26,20 @@ class IndexMethod(BaseModel):
 class CustomMetadataField(BaseModel):
     field_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
     data_type: Literal["text", "number", "boolean", "datetime"]
+
+
+class BoostField(BaseModel):
+    """One `boost_by` entry (see rag_service.retrieve.boost)."""
+
+    field: str = Field(min_length=1)
+    direction: Direction | None = None
+
+
+class RetrievalSettings(BaseModel):
+    """AI Search's instance `retrieval_options`: defaults for each request."""
+
+    boost_by: list[BoostField] = Field(default_factory=list, max_length=MAX_BOOSTS)
+    keyword_match_mode: Literal["and", "or"] = "or"
 
 
 class SourceParams(BaseModel):
@@ -67,6 +82,7 @@ class InstanceConfig(BaseModel):
     cache_ttl: int | None = Field(None, ge=600, le=518400)  # seconds; None: 30 days (AI Search)
     sync_interval: int = 21600
     custom_metadata: list[CustomMetadataField] = Field(default_factory=list, max_length=5)
+    retrieval_options: RetrievalSettings = Field(default_factory=RetrievalSettings)
     indexing_options: IndexingOptions = Field(default_factory=IndexingOptions)
     system_prompt: str | None = None
 
@@ -82,6 +98,21 @@ class InstanceConfig(BaseModel):
         if not (self.index_method.vector or self.index_method.keyword):
             raise ValueError("index_method needs vector, keyword or both")
         return self
+
+    @model_validator(mode="after")
+    def _boosts_known(self) -> InstanceConfig:
+        try:
+            self.boosts()
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from exc
+        return self
+
+    def boosts(self, requested: Sequence[BoostField] | None = None) -> tuple[Boost, ...]:
+        """`requested` (else the instance's `retrieval_options.boost_by`) checked against its
+        metadata fields."""
+        chosen = self.retrieval_options.boost_by if requested is None else requested
+        pairs = [(b.field, b.direction) for b in chosen]
+        return resolve_boosts(pairs, {f.field_name: f.data_type for f in self.custom_metadata})
 
     @property
     def overlap_tokens(self) -> int:

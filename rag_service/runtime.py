@@ -460,6 +460,8 @@ class Runtime:
             "fusion_method": cfg.fusion_method,
             "match_threshold": cfg.score_threshold,
             "max_num_results": cfg.max_num_results,
+            "boost_by": cfg.boosts(),
+            "keyword_match_mode": cfg.retrieval_options.keyword_match_mode,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return RetrievalOptions(**base)

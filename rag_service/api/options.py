@@ -10,8 +10,9 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from rag_service.errors import InvalidRequest
-from rag_service.instances import InstanceConfig
+from rag_service.instances import BoostField, InstanceConfig
 from rag_service.providers.protocols import ChatMessage
+from rag_service.retrieve.boost import MAX_BOOSTS
 from rag_service.retrieve.cache import CacheThreshold
 from rag_service.retrieve.exclusions import split_exclusions
 from rag_service.retrieve.filters import NormFilter, parse_filter
@@ -47,11 +48,6 @@ class Message(Lenient):
         return "\n".join(p.text or "" for p in self.content)
 
 
-class BoostBy(Lenient):
-    field: str = Field(min_length=1)
-    direction: Literal["asc", "desc", "exists", "not_exists"] | None = None
-
-
 class Retrieval(Lenient):
     retrieval_type: Literal["vector", "keyword", "hybrid"] | None = None
     fusion_method: Literal["rrf", "max"] | None = None
@@ -60,7 +56,7 @@ class Retrieval(Lenient):
     max_num_results: int | None = Field(None, ge=1, le=50)
     filters: dict[str, Any] | None = None
     context_expansion: int = Field(0, ge=0, le=3)
-    boost_by: list[BoostBy] = Field(default_factory=list, max_length=5)
+    boost_by: list[BoostField] | None = Field(None, max_length=MAX_BOOSTS)  # None: instance's
     return_on_failure: bool = False
 
 
@@ -215,13 +211,6 @@ async def plan_for(runtime: Runtime, instance_id: str, options: AISearchOptions)
 
 def plan_search(runtime: Runtime, cfg: InstanceConfig, options: AISearchOptions) -> SearchPlan:
     r = options.retrieval
-    for boost in r.boost_by:
-        declared = {f.field_name for f in cfg.custom_metadata}
-        if boost.field != "timestamp" and boost.field not in declared:
-            raise InvalidRequest(
-                f"boost_by field {boost.field!r} is neither 'timestamp' nor a custom_metadata "
-                "field of this instance"
-            )
     retrieval = runtime.default_options(
         cfg,
         retrieval_type=r.retrieval_type,
@@ -230,11 +219,10 @@ def plan_search(runtime: Runtime, cfg: InstanceConfig, options: AISearchOptions)
         match_threshold=r.match_threshold,
         max_num_results=r.max_num_results,
         filters=request_filter(r.filters),
+        boost_by=cfg.boosts(r.boost_by),
     )
     qr, rr, cache = options.query_rewrite, options.reranking, options.cache
-    notes = []
-    if r.boost_by:
-        notes.append("boost_by is not supported yet: results are unboosted")
+    notes: list[str] = []
     return SearchPlan(
         retrieval,
         r.context_expansion,

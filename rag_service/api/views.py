@@ -56,6 +56,7 @@ def instance_view(
         "hybrid_search_enabled": cfg.index_method.vector and cfg.index_method.keyword,
         "fusion_method": cfg.fusion_method,
         "indexing_options": cfg.indexing_options.model_dump(),
+        "retrieval_options": cfg.retrieval_options.model_dump(exclude_none=True),
         "cache": cfg.cache,
         "cache_threshold": cfg.cache_threshold,
         "cache_ttl": getattr(cfg, "cache_ttl", None) or CACHE_TTL,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from rag_service.providers.protocols import Embedder, Filter, Match, MetadataValue, VectorIndex
+from rag_service.retrieve.boost import Boost, boost_amounts
 
 RRF_K = 60
 RetrievalType = Literal["vector", "keyword", "hybrid"]
@@ -20,6 +21,7 @@ class RetrievalOptions:
     match_threshold: float = 0.4
     max_num_results: int = 10
     filters: Filter | None = None
+    boost_by: tuple[Boost, ...] = ()
 
     @property
     def candidates(self) -> int:
@@ -117,4 +119,14 @@ async def search(
             c.keyword_score, c.keyword_rank = m.score, rank
     else:
         chunks = fuse(vector_hits, keyword_hits, opts.fusion_method)
+    if opts.boost_by:
+        chunks = boosted(chunks, opts.boost_by)
     return chunks[: opts.max_num_results]
+
+
+def boosted(chunks: list[ScoredChunk], boosts: Sequence[Boost]) -> list[ScoredChunk]:
+    """The candidates re-scored by `boost_by` and sorted again (ties keep their order)."""
+    amounts = boost_amounts([c.metadata for c in chunks], boosts)
+    for c, amount in zip(chunks, amounts, strict=True):
+        c.score += amount
+    return sorted(chunks, key=lambda c: -c.score)

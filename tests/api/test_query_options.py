@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,60 @@ async def test_split_exclusions_searches_without_the_excluded_part(rig: Rig) -> 
     assert legacy["search_query"] == "Water the garden."
     body = {"query": question, "split_exclusions": False}
     assert (await rig.post("/search", body)).json()["result"]["search_query"] == question
+
+
+async def test_boost_by_timestamp_moves_recent_or_old_chunks_up(rig: Rig) -> None:
+    os.utime(rig.src / BREAD, (1_600_000_000, 1_600_000_000))  # 2020
+    os.utime(rig.src / GARDEN, (1_750_000_000, 1_750_000_000))  # 2025
+    await rig.sync()
+
+    async def ranked(boost_by: list[dict[str, str]] | None) -> list[tuple[str, float]]:
+        # Each document is first in one list and second in the other: a tie before boosting.
+        retrieval: dict[str, Any] = {"retrieval_type": "hybrid", "match_threshold": 0.0}
+        if boost_by is not None:
+            retrieval["boost_by"] = boost_by
+        body = {"query": "dough plants", "ai_search_options": {"retrieval": retrieval}}
+        chunks = (await rig.search(body))["result"]["chunks"]
+        return [(c["item"]["key"], round(c["score"], 4)) for c in chunks]
+
+    tie = await ranked(None)
+    assert [k for k, _ in tie] == [BREAD, GARDEN] and tie[0][1] == tie[1][1]
+    newest = await ranked([{"field": "timestamp", "direction": "desc"}])
+    assert newest == [(GARDEN, round(tie[0][1] + 0.1, 4)), (BREAD, tie[0][1])]
+    oldest = await ranked([{"field": "timestamp"}])  # asc by default for dates
+    assert [k for k, _ in oldest] == [BREAD, GARDEN]
+
+    # The instance's retrieval_options.boost_by applies when a request names none.
+    options = {"retrieval_options": {"boost_by": [{"field": "timestamp", "direction": "desc"}]}}
+    resp = await rig.http.put(INSTANCE, json=options, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["result"]["retrieval_options"]["boost_by"] == [
+        {"field": "timestamp", "direction": "desc"}
+    ]
+    assert [k for k, _ in await ranked(None)] == [GARDEN, BREAD]
+    assert [k for k, _ in await ranked([])] == [BREAD, GARDEN]  # a request's [] turns it off
+    legacy = (await rig.post("/search", {"query": "dough plants"})).json()["result"]
+    assert legacy["data"][0]["filename"] == GARDEN
+
+
+async def test_boost_by_mistakes_are_400s_that_say_what_to_fix(rig: Rig) -> None:
+    resp = await rig.http.put(
+        INSTANCE,
+        json={"custom_metadata": [{"field_name": "team", "data_type": "text"}]},
+        headers=AUTH,
+    )
+    assert resp.status_code == 200, resp.text
+    for boost_by, fragment in [
+        ([{"field": "author"}], "neither 'timestamp' nor a custom_metadata field"),
+        ([{"field": "team", "direction": "desc"}], "team' is text: use 'exists'"),
+        ([{"field": "timestamp"}, {"field": "timestamp"}], "names 'timestamp' twice"),
+        ([{"field": "timestamp"}] * 4, "at most 3"),
+    ]:
+        retrieval = {"boost_by": boost_by}
+        body = {"query": "bread", "ai_search_options": {"retrieval": retrieval}}
+        assert_error(await rig.post(f"{INSTANCE}/search", body, 400), 400, fragment)
+    bad = {"retrieval_options": {"boost_by": [{"field": "team", "direction": "asc"}]}}
+    assert_error(await rig.http.put(INSTANCE, json=bad, headers=AUTH), 400, "use 'exists'")
+    exists = {"boost_by": [{"field": "team"}]}
+    body = {"query": "bread", "ai_search_options": {"retrieval": exists}}
+    assert (await rig.search(body))["success"] is True

@@ -1,0 +1,53 @@
+"""boost_by's amounts against hand-computed cases, and its checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag_service.errors import InvalidRequest
+from rag_service.retrieve.boost import BOOST_WEIGHT, Boost, boost_amounts, resolve_boosts
+
+W = BOOST_WEIGHT
+CANDIDATES = [{"priority": 1}, {"priority": 3}, {}, {"priority": 2, "team": "docs"}]
+
+
+@pytest.mark.parametrize(
+    ("boosts", "expected"),
+    [
+        ([Boost("priority", "desc")], [0.0, W, 0.0, W / 2]),
+        ([Boost("priority", "asc")], [W, 0.0, 0.0, W / 2]),
+        ([Boost("team", "exists")], [0.0, 0.0, 0.0, W]),
+        ([Boost("team", "not_exists")], [W, W, W, 0.0]),
+        ([Boost("priority", "desc"), Boost("team", "exists")], [0.0, W, 0.0, W * 1.5]),
+        ([Boost("missing", "desc")], [0.0, 0.0, 0.0, 0.0]),
+    ],
+)
+def test_amounts(boosts: list[Boost], expected: list[float]) -> None:
+    assert boost_amounts(CANDIDATES, boosts) == pytest.approx(expected)
+
+
+def test_equal_values_each_get_half_and_booleans_are_not_numbers() -> None:
+    assert boost_amounts([{"n": 5}, {"n": 5}], [Boost("n", "asc")]) == [W / 2, W / 2]
+    assert boost_amounts([{"n": True}, {"n": 2}], [Boost("n", "desc")]) == [0.0, W / 2]
+
+
+def test_default_directions_follow_the_field_type() -> None:
+    fields = {"priority": "number", "team": "text", "public": "boolean", "due": "datetime"}
+    got = resolve_boosts([(f, None) for f in ("priority", "team", "public")], fields)
+    assert [b.direction for b in got] == ["asc", "exists", "exists"]
+    assert resolve_boosts([("due", None)], fields) == (Boost("due", "asc"),)
+    assert resolve_boosts([("timestamp", None)], {}) == (Boost("timestamp", "asc"),)
+
+
+@pytest.mark.parametrize(
+    ("requested", "fragment"),
+    [
+        ([("author", None)], "neither 'timestamp'"),
+        ([("team", "asc")], "is text"),
+        ([("timestamp", "desc"), ("timestamp", "asc")], "twice"),
+        ([("timestamp", None)] * 4, "at most 3"),
+    ],
+)
+def test_mistakes(requested: list[tuple[str, None]], fragment: str) -> None:
+    with pytest.raises(InvalidRequest, match=fragment):
+        resolve_boosts(requested, {"team": "text"})
