@@ -26,9 +26,9 @@ from rag_service.ingest.items import (
 from rag_service.ingest.list import list_source
 from rag_service.ingest.retry import retry_transient
 from rag_service.models import Item, utcnow
-from rag_service.providers.cloudflare.usage import UsageMeter
 from rag_service.providers.protocols import ObjectInfo
 from rag_service.retrieve.cache import invalidate_items
+from rag_service.usage import UsageMeter
 
 SETTLE_TIMEOUT_S = 120.0
 
@@ -60,17 +60,23 @@ async def run_sync(
     meter = UsageMeter()
     with meter.attach():
         result = await _run_sync(ctx, job_source, progress, job_id)
-    usage = meter.snapshot()
-    if usage["calls"]:
-        result.usage = usage
-        await record.set_job_usage(ctx.sessions, result.job_id, usage)
-        await record.log_line(
-            ctx.sessions,
-            result.job_id,
-            f"Workers AI: {usage['calls']} calls, {usage['input_tokens']} tokens in, "
-            f"{usage['output_tokens']} out, about {usage['neurons']} neurons (${usage['usd']:.4f})",
-        )
+    result.usage = await record_usage(ctx, result.job_id, meter)
     return result
+
+
+async def record_usage(ctx: SyncContext, job_id: str, meter: UsageMeter) -> dict[str, Any]:
+    """Keep the Workers AI calls `meter` counted with the job, and say so in its log."""
+    usage = meter.snapshot()
+    if not usage["calls"]:
+        return {}
+    await record.set_job_usage(ctx.sessions, job_id, usage)
+    await record.log_line(
+        ctx.sessions,
+        job_id,
+        f"Workers AI: {usage['calls']} calls, {usage['input_tokens']} tokens in, "
+        f"{usage['output_tokens']} out, about {usage['neurons']} neurons (${usage['usd']:.4f})",
+    )
+    return usage
 
 
 async def _run_sync(
@@ -199,16 +205,18 @@ async def index_one(ctx: SyncContext, key: str, job_source: str = "user") -> Out
     job = await record.start_job(
         ctx.sessions, ctx.instance_id, job_source, description=f"sync of {key}"
     )
+    meter = UsageMeter()
     try:
-        info = await retry_transient(lambda: ctx.source.stat(key), what=f"reading {key}")
-        if info is None:
-            await delete_one(ctx, key)
-            outcome = Outcome(ObjectInfo(key, "", 0, 0.0), "deleted", "gone from the source")
-        else:
-            await record.queue_items(ctx.sessions, ctx.instance_id, [info], job.id)
-            [outcome] = await index_window(ctx, [info], job.id)
-        await settle_index(ctx, job.id)
-        await drop_cached_answers(ctx, [record.item_id_for(ctx.instance_id, key)])
+        with meter.attach():
+            info = await retry_transient(lambda: ctx.source.stat(key), what=f"reading {key}")
+            if info is None:
+                await delete_one(ctx, key)
+                outcome = Outcome(ObjectInfo(key, "", 0, 0.0), "deleted", "gone from the source")
+            else:
+                await record.queue_items(ctx.sessions, ctx.instance_id, [info], job.id)
+                [outcome] = await index_window(ctx, [info], job.id)
+            await settle_index(ctx, job.id)
+            await drop_cached_answers(ctx, [record.item_id_for(ctx.instance_id, key)])
     except RagError as exc:
         await record.finish_job(ctx.sessions, job.id, "failed", exc.message, {})
         raise
@@ -217,7 +225,10 @@ async def index_one(ctx: SyncContext, key: str, job_source: str = "user") -> Out
         raise
     reason = f"{key}: {outcome.status} ({outcome.detail})"
     await record.log_line(ctx.sessions, job.id, reason)
-    await record.finish_job(ctx.sessions, job.id, "completed", reason, {outcome.status: 1})
+    counts: dict[str, Any] = {outcome.status: 1}
+    if usage := await record_usage(ctx, job.id, meter):
+        counts["usage"] = usage
+    await record.finish_job(ctx.sessions, job.id, "completed", reason, counts)
     return outcome
 
 

@@ -92,3 +92,30 @@ async def test_cloudflare_instance_end_to_end(
         again = await rt.sync("docs")  # nothing changed: nothing embedded or written
         assert again.status == "completed" and again.counts["unchanged"] == len(items)
         assert len(fake.calls("embeddings")) == embedded
+
+
+async def test_one_item_sync_keeps_its_workers_ai_usage(
+    fake: FakeCloudflare, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "note.md").write_text("Vectorize stores the embeddings of every chunk.")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        backend="cloudflare",
+        cloudflare_account_id=fake.account,
+        cloudflare_api_token=fake.token,
+        cloudflare_api_base=fake.base_url,
+    )
+    async with Runtime(settings) as rt:
+        await rt.ensure_instance("one", str(src))
+        outcome = await rt.index_item("one", "note.md")
+        assert outcome.status == "completed"
+        async with rt.sessions() as session:
+            job = (await session.scalars(select(Job).where(Job.instance_id == "one"))).one()
+            log = (await session.scalars(select(JobLog.message))).all()
+        assert job.counts["completed"] == 1
+        usage = job.counts["usage"]
+        assert usage["models"]["@cf/baai/bge-base-en-v1.5"]["calls"] == 1
+        assert usage["input_tokens"] > 0 and usage["neurons"] > 0
+        assert any(line.startswith("Workers AI: 1 calls") for line in log)

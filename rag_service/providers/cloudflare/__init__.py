@@ -9,7 +9,6 @@ from rag_service.providers.cloudflare.api import (
     RetryPolicy,
 )
 from rag_service.providers.cloudflare.limits import RateLimits
-from rag_service.providers.cloudflare.usage import UsageMeter
 from rag_service.providers.cloudflare.vectorize import VectorizeClient
 from rag_service.providers.cloudflare.vectorize_index import VectorizeIndex, index_name
 from rag_service.providers.cloudflare.workers_ai import (
@@ -17,6 +16,7 @@ from rag_service.providers.cloudflare.workers_ai import (
     WorkersAIGenerator,
     WorkersAIReranker,
 )
+from rag_service.usage import UsageMeter
 
 __all__ = [
     "CloudflareAPI",

@@ -17,9 +17,9 @@ from rag_service.config import BGE_QUERY_INSTRUCTION
 from rag_service.errors import BackendError, InvalidRequest
 from rag_service.providers.cloudflare.api import CloudflareAPI
 from rag_service.providers.cloudflare.limits import Task
-from rag_service.providers.cloudflare.usage import record_call
 from rag_service.providers.local_models import minilm_path
 from rag_service.providers.protocols import ChatMessage, Pooling, Usage, Vector
+from rag_service.usage import record_call
 
 DEFAULT_EMBEDDING_MODEL = "@cf/baai/bge-base-en-v1.5"
 DEFAULT_GENERATION_MODEL = "@cf/meta/llama-3.1-8b-instruct"
