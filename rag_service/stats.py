@@ -69,3 +69,39 @@ def sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, Any]:
             total[key] += usage.get(key, 0)
     total["neurons"], total["usd"] = round(total["neurons"], 3), round(total["usd"], 9)
     return total
+
+
+async def indexing_note(runtime: Runtime, instance_id: str) -> str | None:
+    """Why a search may have found nothing: a sync is running, or none has ended yet."""
+    async with runtime.sessions() as session:
+        jobs = dict(
+            (
+                await session.execute(
+                    select(Job.status, func.count())
+                    .where(Job.instance_id == instance_id)
+                    .group_by(Job.status)
+                )
+            ).all()
+        )
+        items = dict(
+            (
+                await session.execute(
+                    select(Item.status, func.count())
+                    .where(Item.instance_id == instance_id)
+                    .group_by(Item.status)
+                )
+            ).all()
+        )
+    if jobs.get("running"):
+        waiting = items.get("queued", 0) + items.get("running", 0)
+        done = sum(items.values()) - waiting
+        return (
+            f"a sync of this instance is running ({done} of {done + waiting} items done): "
+            "results may be incomplete until it ends"
+        )
+    if not jobs.get("completed"):
+        return (
+            "this instance has not completed a sync yet, so little or nothing is indexed: "
+            "start one with POST .../jobs or `ragd sync`"
+        )
+    return None

@@ -19,6 +19,7 @@ from rag_service.api.shapes import legacy_page
 from rag_service.api.sse import DONE, event_stream, sse
 from rag_service.providers.protocols import ChatMessage
 from rag_service.runtime import DEFAULT_INSTANCE, Runtime
+from rag_service.stats import indexing_note
 
 
 class RankingOptions(BaseModel):
@@ -78,6 +79,8 @@ async def legacy_search(runtime: Runtime, instance_id: str, request: Request[Any
     query = await opt.search_query(runtime, instance_id, plan, body.query, NO_EARLIER_TURNS)
     chunks = await runtime.search(instance_id, query, plan.retrieval, plan.reranking)
     result = envelope(legacy_page(query, chunks))
+    if not chunks and (note := await indexing_note(runtime, instance_id)):
+        plan.notes.append(note)
     result["messages"] = opt.note_messages(plan.notes)
     return result
 

@@ -29,6 +29,7 @@ from rag_service.providers.protocols import Usage
 from rag_service.retrieve.expand import expand_context
 from rag_service.retrieve.search import ScoredChunk
 from rag_service.runtime import Runtime
+from rag_service.stats import indexing_note
 
 CACHE_ON_SEARCH = "the similarity cache keeps generated answers; search results are not cached"
 
@@ -100,6 +101,8 @@ class SearchController(Controller):
         result = envelope(aisearch_search_result(query, chunks))
         if plan.cache is not None:
             plan.notes.append(CACHE_ON_SEARCH)
+        if not chunks and (note := await indexing_note(runtime, instance_id)):
+            plan.notes.append(note)
         result["messages"] = note_messages(plan.notes)
         return result
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from rag_service.config import Settings
+from rag_service.ingest import record
+from rag_service.providers.protocols import ObjectInfo
+from rag_service.runtime import Runtime
 from tests.api.test_legacy import AUTH, assert_error, client, database_url  # noqa: F401
 
 API = "/accounts/acc/ai-search"
@@ -335,3 +340,34 @@ async def test_a_chunking_change_marks_items_outdated_until_the_next_sync(
     assert job["status"] == "completed"
     again = await stats()
     assert again["completed"] == 2 and again["outdated"] == 0
+
+
+async def test_an_empty_result_says_when_indexing_is_not_done(
+    client: httpx.AsyncClient,  # noqa: F811
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "fresh"
+    folder.mkdir()
+    (folder / "a.md").write_text("Apricots ripen in July.")
+    body = {"id": "fresh", "source": str(folder)}
+    assert (await client.post(f"{API}/instances", json=body, headers=AUTH)).status_code == 200
+    url = f"{API}/instances/fresh/search"
+    resp = await client.post(url, json={"query": "apricots"}, headers=AUTH)
+    assert resp.json()["result"]["chunks"] == []
+    assert "has not completed a sync yet" in resp.json()["messages"][0]["message"]
+    legacy = await client.post("/search?instance=fresh", json={"query": "apricots"}, headers=AUTH)
+    assert "has not completed a sync yet" in legacy.json()["messages"][0]["message"]
+
+    async with Runtime(settings) as rt:  # another process's sync, seen through the database
+        job = await record.start_job(rt.sessions, "fresh", "user")
+        info = ObjectInfo("a.md", "e1", 23, 1.0)
+        await record.queue_items(rt.sessions, "fresh", [info], job.id)
+        resp = await client.post(url, json={"query": "apricots"}, headers=AUTH)
+        message = resp.json()["messages"][0]["message"]
+        assert "a sync of this instance is running (0 of 1 items done)" in message
+        await record.finish_job(rt.sessions, job.id, "completed", "done", {})
+    resp = await client.post(url, json={"query": "apricots"}, headers=AUTH)
+    assert resp.json()["messages"] == []  # synced (this one found nothing): nothing to say
+    found = await search(client, {"query": "bread"})
+    assert found["result"]["chunks"] and found["messages"] == []
