@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_service.models import Item, Job
 from rag_service.runtime import Runtime
@@ -30,14 +31,8 @@ async def instance_stats(runtime: Runtime, instance_id: str) -> dict[str, Any]:
     """AI Search's stats: counts per item status, errors by file, vectors in the index."""
     _, cfg = await runtime.get_instance(instance_id)
     async with runtime.sessions() as session:
-        rows = await session.execute(
-            select(Item.status, func.count())
-            .where(Item.instance_id == instance_id)
-            .group_by(Item.status)
-        )
         counts = {status: 0 for status in STATUSES}
-        for status, n in rows.all():
-            counts[status] = counts.get(status, 0) + int(n)
+        counts.update(await _by_status(session, Item, instance_id))
         errors = await session.execute(
             select(Item.key, Item.error)
             .where(Item.instance_id == instance_id, Item.status == "error")
@@ -71,27 +66,23 @@ def sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
+async def _by_status(
+    session: AsyncSession, model: type[Item] | type[Job], instance_id: str
+) -> dict[str, int]:
+    """How many of an instance's items (or jobs) are in each status."""
+    rows = await session.execute(
+        select(model.status, func.count())
+        .where(model.instance_id == instance_id)
+        .group_by(model.status)
+    )
+    return {status: int(n) for status, n in rows.all()}
+
+
 async def indexing_note(runtime: Runtime, instance_id: str) -> str | None:
     """Why a search may have found nothing: a sync is running, or none has ended yet."""
     async with runtime.sessions() as session:
-        jobs = dict(
-            (
-                await session.execute(
-                    select(Job.status, func.count())
-                    .where(Job.instance_id == instance_id)
-                    .group_by(Job.status)
-                )
-            ).all()
-        )
-        items = dict(
-            (
-                await session.execute(
-                    select(Item.status, func.count())
-                    .where(Item.instance_id == instance_id)
-                    .group_by(Item.status)
-                )
-            ).all()
-        )
+        jobs = await _by_status(session, Job, instance_id)
+        items = await _by_status(session, Item, instance_id)
     if jobs.get("running"):
         waiting = items.get("queued", 0) + items.get("running", 0)
         done = sum(items.values()) - waiting

@@ -20,18 +20,22 @@ from tests.cloudflare.fake_api import FakeCloudflare, Faults
 from tests.ingest.test_manifest import manifest
 
 
-async def test_cloudflare_instance_end_to_end(
-    fake: FakeCloudflare, tmp_path: Path, docs_dir: Path
-) -> None:
-    fake.inject(Faults(rate_429=0.10, rate_500=0.02, retry_after="0"), seed=44)
-    fake.mutation_delay = 0.2
-    settings = Settings(
+def cloudflare_settings(fake: FakeCloudflare, tmp_path: Path) -> Settings:
+    return Settings(
         data_dir=tmp_path / "data",
         backend="cloudflare",
         cloudflare_account_id=fake.account,
         cloudflare_api_token=fake.token,
         cloudflare_api_base=fake.base_url,
     )
+
+
+async def test_cloudflare_instance_end_to_end(
+    fake: FakeCloudflare, tmp_path: Path, docs_dir: Path
+) -> None:
+    fake.inject(Faults(rate_429=0.10, rate_500=0.02, retry_after="0"), seed=44)
+    fake.mutation_delay = 0.2
+    settings = cloudflare_settings(fake, tmp_path)
     meter = UsageMeter()
     async with Runtime(settings) as rt:
         await rt.ensure_instance("docs", str(docs_dir), {"chunk_size": 64})
@@ -100,13 +104,7 @@ async def test_one_item_sync_keeps_its_workers_ai_usage(
     src = tmp_path / "src"
     src.mkdir()
     (src / "note.md").write_text("Vectorize stores the embeddings of every chunk.")
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        backend="cloudflare",
-        cloudflare_account_id=fake.account,
-        cloudflare_api_token=fake.token,
-        cloudflare_api_base=fake.base_url,
-    )
+    settings = cloudflare_settings(fake, tmp_path)
     async with Runtime(settings) as rt:
         await rt.ensure_instance("one", str(src))
         outcome = await rt.index_item("one", "note.md")
