@@ -3,11 +3,12 @@ candidate's score gains an amount from its metadata, so recent or high-priority 
 within what was retrieved (boosting never brings in a chunk the search did not find).
 
 Per field: `desc` adds BOOST_WEIGHT x the value's place between the lowest and highest value
-among the candidates (the highest gets the whole weight; when all are alike, each gets half),
-`asc` the reverse; `exists` adds BOOST_WEIGHT when the chunk has the field, `not_exists` when it
-has not. A chunk without the field gains nothing from `asc`/`desc`. Cloudflare does not publish
-its weight; 0.1 per field moves a chunk past others within 0.1 of its score (cosine, or the fused
-score scaled to 0-1) and no further."""
+among the candidates (the highest gets the whole weight, the lowest none; when all are alike, each
+gets half), `asc` the reverse; dates are placed over at least a day, so files written seconds
+apart gain nearly the same. `exists` adds BOOST_WEIGHT when the chunk has the field, `not_exists`
+when it has not. A chunk without the field gains nothing from `asc`/`desc`. Cloudflare does not
+publish its weight; 0.1 per field moves a chunk past others within 0.1 of its score (cosine, or
+the fused score scaled to 0-1) and no further."""
 
 from __future__ import annotations
 
@@ -25,10 +26,14 @@ FieldType = Literal["text", "number", "boolean", "datetime"]
 BUILT_IN: Mapping[str, FieldType] = {"timestamp": "datetime"}
 
 
+DATE_SPREAD_S = 86_400.0  # dates closer than a day apart hardly differ in a boost
+
+
 @dataclass(frozen=True)
 class Boost:
     field: str
     direction: Direction
+    min_spread: float = 0.0  # values are placed over at least this range (dates: a day)
 
 
 def resolve_boosts(
@@ -56,7 +61,8 @@ def resolve_boosts(
                 f"boost_by field {name!r} is {kind}: use 'exists' or 'not_exists' "
                 "('asc' and 'desc' need a number or datetime field)"
             )
-        boosts.append(Boost(name, direction or ("asc" if ordered else "exists")))
+        spread = DATE_SPREAD_S if kind == "datetime" else 0.0
+        boosts.append(Boost(name, direction or ("asc" if ordered else "exists"), spread))
     return tuple(boosts)
 
 
@@ -78,10 +84,11 @@ def boost_amounts(
         if not present:
             continue
         low, high = min(present), max(present)
+        middle, spread = (low + high) / 2, max(high - low, boost.min_spread)
         for i, n in enumerate(numbers):
             if n is None:
                 continue
-            place = (n - low) / (high - low) if high > low else 0.5
+            place = 0.5 + (n - middle) / spread if spread > 0 else 0.5
             amounts[i] += BOOST_WEIGHT * (place if boost.direction == "desc" else 1.0 - place)
     return amounts
 

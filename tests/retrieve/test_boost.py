@@ -31,12 +31,22 @@ def test_equal_values_each_get_half_and_booleans_are_not_numbers() -> None:
     assert boost_amounts([{"n": True}, {"n": 2}], [Boost("n", "desc")]) == [0.0, W / 2]
 
 
+def test_dates_seconds_apart_gain_nearly_the_same() -> None:
+    day = 86_400
+    close = [{"timestamp": 1_000_000}, {"timestamp": 1_000_000 + day // 10}]
+    newest = Boost("timestamp", "desc", min_spread=day)
+    assert boost_amounts(close, [newest]) == pytest.approx([0.45 * W, 0.55 * W])
+    far = [{"timestamp": 0}, {"timestamp": 10 * day}, {"timestamp": 5 * day}]
+    assert boost_amounts(far, [newest]) == pytest.approx([0.0, W, W / 2])
+    assert resolve_boosts([("timestamp", None)], {})[0].min_spread == day
+
+
 def test_default_directions_follow_the_field_type() -> None:
     fields = {"priority": "number", "team": "text", "public": "boolean", "due": "datetime"}
     got = resolve_boosts([(f, None) for f in ("priority", "team", "public")], fields)
     assert [b.direction for b in got] == ["asc", "exists", "exists"]
-    assert resolve_boosts([("due", None)], fields) == (Boost("due", "asc"),)
-    assert resolve_boosts([("timestamp", None)], {}) == (Boost("timestamp", "asc"),)
+    assert resolve_boosts([("due", None)], fields) == (Boost("due", "asc", 86_400.0),)
+    assert resolve_boosts([("timestamp", None)], {}) == (Boost("timestamp", "asc", 86_400.0),)
 
 
 @pytest.mark.parametrize(
