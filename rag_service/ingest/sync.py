@@ -73,7 +73,8 @@ async def record_usage(ctx: SyncContext, job_id: str, meter: UsageMeter) -> dict
     await record.log_line(
         ctx.sessions,
         job_id,
-        f"Workers AI: {usage['calls']} calls, {usage['input_tokens']} tokens in, "
+        f"Workers AI: {usage['calls']} call{'s' * (usage['calls'] != 1)}, "
+        f"{usage['input_tokens']} tokens in, "
         f"{usage['output_tokens']} out, about {usage['neurons']} neurons (${usage['usd']:.4f})",
     )
     return usage

@@ -116,4 +116,4 @@ async def test_one_item_sync_keeps_its_workers_ai_usage(
         usage = job.counts["usage"]
         assert usage["models"]["@cf/baai/bge-base-en-v1.5"]["calls"] == 1
         assert usage["input_tokens"] > 0 and usage["neurons"] > 0
-        assert any(line.startswith("Workers AI: 1 calls") for line in log)
+        assert any(line.startswith("Workers AI: 1 call, ") for line in log)
