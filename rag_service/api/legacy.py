@@ -19,7 +19,6 @@ from rag_service.api.shapes import legacy_page
 from rag_service.api.sse import DONE, event_stream, sse
 from rag_service.providers.protocols import ChatMessage
 from rag_service.runtime import DEFAULT_INSTANCE, Runtime
-from rag_service.stats import indexing_note
 
 
 class RankingOptions(BaseModel):
@@ -79,8 +78,7 @@ async def legacy_search(runtime: Runtime, instance_id: str, request: Request[Any
     query = await opt.search_query(runtime, instance_id, plan, body.query, NO_EARLIER_TURNS)
     chunks = await runtime.search(instance_id, query, plan.retrieval, plan.reranking)
     result = envelope(legacy_page(query, chunks))
-    if not chunks and (note := await indexing_note(runtime, instance_id)):
-        plan.notes.append(note)
+    await opt.note_if_empty(runtime, instance_id, plan, chunks)
     result["messages"] = opt.note_messages(plan.notes)
     return result
 
@@ -104,6 +102,7 @@ async def legacy_ai_search(
         async with contextlib.aclosing(reply.pieces) as pieces:
             text = "".join([p async for p in pieces])
         result = envelope(legacy_page(reply.search_query, reply.used, text))
+        await opt.note_if_empty(runtime, instance_id, plan, reply.used)
         result["messages"] = opt.note_messages(plan.notes)
         return Response(result, headers=reply.headers)
 

@@ -20,6 +20,7 @@ from rag_service.retrieve.rerank import RerankOptions
 from rag_service.retrieve.rewrite import rewrite_query
 from rag_service.retrieve.search import RetrievalOptions
 from rag_service.runtime import Runtime
+from rag_service.stats import indexing_note
 
 MAX_QUERY_CHARS = 10_000
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -285,6 +286,14 @@ async def _rewritten(
         cfg = cfg.model_copy(update={"ai_search_model": model})
     generator = await runtime.generator(cfg)
     return await rewrite_query(generator, question, earlier, plan.rewrite.prompt)
+
+
+async def note_if_empty(
+    runtime: Runtime, instance_id: str, plan: SearchPlan, found: Sequence[object]
+) -> None:
+    """When nothing was found, say so if indexing is why (not synced yet, or syncing)."""
+    if not found and (note := await indexing_note(runtime, instance_id)):
+        plan.notes.append(note)
 
 
 def note_messages(notes: list[str]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from rag_service.api.options import (
     ChatRequest,
     SearchPlan,
     SearchRequest,
+    note_if_empty,
     note_messages,
     plan_for,
     search_query,
@@ -29,7 +30,6 @@ from rag_service.providers.protocols import Usage
 from rag_service.retrieve.expand import expand_context
 from rag_service.retrieve.search import ScoredChunk
 from rag_service.runtime import Runtime
-from rag_service.stats import indexing_note
 
 CACHE_ON_SEARCH = "the similarity cache keeps generated answers; search results are not cached"
 
@@ -101,8 +101,7 @@ class SearchController(Controller):
         result = envelope(aisearch_search_result(query, chunks))
         if plan.cache is not None:
             plan.notes.append(CACHE_ON_SEARCH)
-        if not chunks and (note := await indexing_note(runtime, instance_id)):
-            plan.notes.append(note)
+        await note_if_empty(runtime, instance_id, plan, chunks)
         result["messages"] = note_messages(plan.notes)
         return result
 

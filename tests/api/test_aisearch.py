@@ -356,8 +356,11 @@ async def test_an_empty_result_says_when_indexing_is_not_done(
     resp = await client.post(url, json={"query": "apricots"}, headers=AUTH)
     assert resp.json()["result"]["chunks"] == []
     assert "has not completed a sync yet" in resp.json()["messages"][0]["message"]
-    legacy = await client.post("/search?instance=fresh", json={"query": "apricots"}, headers=AUTH)
-    assert "has not completed a sync yet" in legacy.json()["messages"][0]["message"]
+    for route in ("/search", "/ai-search"):
+        legacy = await client.post(
+            f"{route}?instance=fresh", json={"query": "apricots"}, headers=AUTH
+        )
+        assert "has not completed a sync yet" in legacy.json()["messages"][0]["message"]
 
     async with Runtime(settings) as rt:  # another process's sync, seen through the database
         job = await record.start_job(rt.sessions, "fresh", "user")
