@@ -220,7 +220,7 @@ def plan_search(runtime: Runtime, cfg: InstanceConfig, options: AISearchOptions)
         match_threshold=r.match_threshold,
         max_num_results=r.max_num_results,
         filters=request_filter(r.filters),
-        boost_by=cfg.boosts(r.boost_by),
+        boost_by=None if r.boost_by is None else cfg.boosts(r.boost_by),  # None: instance's
     )
     qr, rr, cache = options.query_rewrite, options.reranking, options.cache
     notes: list[str] = []

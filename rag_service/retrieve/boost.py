@@ -24,8 +24,6 @@ MAX_BOOSTS = 3
 Direction = Literal["asc", "desc", "exists", "not_exists"]
 FieldType = Literal["text", "number", "boolean", "datetime"]
 BUILT_IN: Mapping[str, FieldType] = {"timestamp": "datetime"}
-
-
 DATE_SPREAD_S = 86_400.0  # dates closer than a day apart hardly differ in a boost
 
 
