@@ -96,7 +96,7 @@ async def run(docs: int, period: float, limit_scale: float = 1.0) -> dict[str, A
         async with Runtime(settings) as rt:
             # The process shares one client per settings: give it the fake's limits.
             CloudflareAPI.for_settings(settings).limits = RateLimits(**limits, period=period)
-            await rt.ensure_instance("bench", str(work / "src"))
+            await rt.instances.ensure("bench", str(work / "src"))
             start = time.monotonic()
             result = await rt.sync("bench")
             end = time.monotonic()

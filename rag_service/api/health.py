@@ -10,6 +10,7 @@ from litestar import Request, Response, get
 from sqlalchemy import text
 
 from rag_service.api.errors import envelope
+from rag_service.job_runner import QueuedJobs
 from rag_service.runtime import Runtime
 
 CHECK_SECONDS = 5.0
@@ -66,7 +67,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         _check("database", _database(runtime)),
         _check("data_dir", _data_dir(runtime)),
     ]
-    if request.app.state.job_runner == "queue":
+    if isinstance(request.app.state.jobs, QueuedJobs):
         checks.append(_check("redis", _redis(runtime)))
     results = dict(await asyncio.gather(*checks))
     try:

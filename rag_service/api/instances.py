@@ -14,11 +14,13 @@ from rag_service.api.errors import envelope
 from rag_service.api.paging import check_page, paged
 from rag_service.api.requests import read_object
 from rag_service.api.views import NAMESPACE, instance_view, iso
-from rag_service.errors import InvalidRequest
+from rag_service.errors import Conflict, InvalidRequest
 from rag_service.instances import InstanceConfig
+from rag_service.job_runner import JobRunner
 from rag_service.models import Instance
+from rag_service.records import last_activity
 from rag_service.runtime import Runtime
-from rag_service.stats import instance_stats, last_activity
+from rag_service.stats import instance_stats
 
 RENAMED = {"aisearch_model": "ai_search_model", "system_prompt_aisearch": "system_prompt"}
 CONFIG_FIELDS = frozenset(InstanceConfig.model_fields) - {"system_prompt"}
@@ -55,7 +57,7 @@ def _notes(unused: list[str]) -> list[dict[str, Any]]:
 
 async def view(runtime: Runtime, row: Instance) -> dict[str, Any]:
     cfg = instances.instance_config(row)
-    return instance_view(row, cfg, runtime.settings, await last_activity(runtime, row.id))
+    return instance_view(row, cfg, runtime.settings, await last_activity(runtime.sessions, row.id))
 
 
 class InstancesController(Controller):
@@ -103,7 +105,7 @@ class InstancesController(Controller):
     async def read_instance(
         self, runtime: NamedDependency[Runtime], instance_id: FromPath[str]
     ) -> dict[str, Any]:
-        row, _ = await runtime.get_instance(instance_id)
+        row, _ = await runtime.instances.get(instance_id)
         return envelope(await view(runtime, row))
 
     @put("/{instance_id:str}")
@@ -124,8 +126,14 @@ class InstancesController(Controller):
 
     @delete("/{instance_id:str}", status_code=200)
     async def delete_instance(
-        self, runtime: NamedDependency[Runtime], instance_id: FromPath[str]
+        self,
+        runtime: NamedDependency[Runtime],
+        jobs: NamedDependency[JobRunner],
+        instance_id: FromPath[str],
     ) -> dict[str, Any]:
+        await runtime.instances.get(instance_id)
+        if await jobs.is_syncing(instance_id):
+            raise Conflict(f"instance {instance_id!r} is syncing: delete it when the job has ended")
         row = await instance_changes.delete_instance(runtime, instance_id)
         return envelope(instance_view(row, instances.instance_config(row), runtime.settings))
 
@@ -133,6 +141,8 @@ class InstancesController(Controller):
     async def stats(
         self, runtime: NamedDependency[Runtime], instance_id: FromPath[str]
     ) -> dict[str, Any]:
-        result = await instance_stats(runtime, instance_id)
+        _, cfg = await runtime.instances.get(instance_id)
+        index = await runtime.providers.index(instance_id, cfg)
+        result = await instance_stats(runtime.sessions, instance_id, index)
         result["last_activity"] = iso(result["last_activity"])
         return envelope(result)

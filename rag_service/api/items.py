@@ -12,20 +12,22 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 from pydantic import Field
 
-from rag_service import items
+from rag_service import records, uploads
 from rag_service.api.errors import envelope
-from rag_service.api.jobs import tasks
-from rag_service.api.options import Lenient, request_filter
+from rag_service.api.options import Lenient
 from rag_service.api.paging import check_page, paged
 from rag_service.api.requests import read_json
 from rag_service.api.views import NAMESPACE, iso, item_view
 from rag_service.errors import InvalidRequest, NotFound
 from rag_service.ingest.fetch import SizeLimits
-from rag_service.ingest.record import item_id_for
+from rag_service.ingest.index import chunk_id
+from rag_service.job_runner import JobRunner
+from rag_service.models import ItemStatus
+from rag_service.query.options import request_filter
+from rag_service.records import item_id_for
 from rag_service.runtime import Runtime
 
 UPLOAD_MAX_BYTES = 11 * 1024 * 1024  # the text cap (10 MiB) and the form around it
-Status = Literal["queued", "running", "completed", "error", "skipped", "outdated"]
 
 
 class IndexRequest(Lenient):
@@ -54,17 +56,16 @@ def pending_view(instance_id: str, key: str) -> dict[str, Any]:
 
 
 async def index_key(
-    runtime: Runtime, request: Request[Any, Any, Any], instance_id: str, key: str, wait: bool
+    runtime: Runtime, jobs: JobRunner, instance_id: str, key: str, wait: bool
 ) -> dict[str, Any]:
-    """Index one object of the source now (`wait`) or in the background."""
+    """Index one object of the source now (`wait`) or in the background; either way after a
+    running sync of the instance ends."""
+    await jobs.index_item(instance_id, key, wait)
     if not wait:
-        tasks(request).spawn(f"index:{instance_id}:{key}", runtime.index_item(instance_id, key))
         return envelope(pending_view(instance_id, key))
-    await runtime.index_item(instance_id, key)
+    item_id = item_id_for(instance_id, key)
     try:
-        return envelope(
-            item_view(await items.get_item(runtime, instance_id, item_id_for(instance_id, key)))
-        )
+        return envelope(item_view(await records.get_item(runtime.sessions, instance_id, item_id)))
     except NotFound:
         raise NotFound(f"{key!r} is not in the instance's source") from None
 
@@ -90,15 +91,15 @@ class ItemsController(Controller):
         per_page: FromQuery[int] = 20,
         item_id: FromQuery[str | None] = None,
         key: FromQuery[str | None] = None,
-        status: FromQuery[Status | None] = None,
+        status: FromQuery[ItemStatus | None] = None,
         search: FromQuery[str | None] = None,
         sort_by: FromQuery[Literal["status", "modified_at"]] = "status",
         metadata_filter_json: Annotated[str | None, QueryParameter(name="metadata_filter")] = None,
     ) -> dict[str, Any]:
         check_page(page, per_page)
-        await runtime.get_instance(instance_id)
-        total, rows = await items.list_items(
-            runtime,
+        await runtime.instances.get(instance_id)
+        total, rows = await records.list_items(
+            runtime.sessions,
             instance_id,
             page,
             per_page,
@@ -115,21 +116,23 @@ class ItemsController(Controller):
     async def index_by_key(
         self,
         runtime: NamedDependency[Runtime],
+        jobs: NamedDependency[JobRunner],
         request: Request[Any, Any, Any],
         instance_id: FromPath[str],
     ) -> dict[str, Any]:
         body = await read_json(request, KeyIndexRequest)
-        await runtime.get_instance(instance_id)
-        return await index_key(runtime, request, instance_id, body.key, body.wait_for_completion)
+        await runtime.instances.get(instance_id)
+        return await index_key(runtime, jobs, instance_id, body.key, body.wait_for_completion)
 
     @post("/", status_code=200, request_max_body_size=UPLOAD_MAX_BYTES)
     async def upload(
         self,
         runtime: NamedDependency[Runtime],
+        jobs: NamedDependency[JobRunner],
         request: Request[Any, Any, Any],
         instance_id: FromPath[str],
     ) -> dict[str, Any]:
-        await runtime.get_instance(instance_id)
+        row, cfg = await runtime.instances.get(instance_id)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise InvalidRequest("upload a file as multipart/form-data with a 'file' field")
         form = await request.form()
@@ -145,35 +148,41 @@ class ItemsController(Controller):
                 f"{upload.filename} is {len(data)} bytes, over the "
                 f"{limits.cap_for(upload.filename)} byte limit for its type"
             )
-        key = await items.save_upload(runtime, instance_id, upload.filename, data)
+        key = await uploads.save_upload(row, cfg, upload.filename, data)
         wait = str(form.get("wait_for_completion", "")).lower() in ("true", "1")
-        return await index_key(runtime, request, instance_id, key, wait)
+        return await index_key(runtime, jobs, instance_id, key, wait)
 
     @get("/{item_id:str}")
     async def get_item(
         self, runtime: NamedDependency[Runtime], instance_id: FromPath[str], item_id: FromPath[str]
     ) -> dict[str, Any]:
-        return envelope(item_view(await items.get_item(runtime, instance_id, item_id)))
+        return envelope(item_view(await records.get_item(runtime.sessions, instance_id, item_id)))
 
     @patch("/{item_id:str}")
     async def sync_item(
         self,
         runtime: NamedDependency[Runtime],
+        jobs: NamedDependency[JobRunner],
         request: Request[Any, Any, Any],
         instance_id: FromPath[str],
         item_id: FromPath[str],
     ) -> dict[str, Any]:
         body = await read_json(request, IndexRequest)
-        item = await items.get_item(runtime, instance_id, item_id)
-        return await index_key(runtime, request, instance_id, item.key, body.wait_for_completion)
+        item = await records.get_item(runtime.sessions, instance_id, item_id)
+        return await index_key(runtime, jobs, instance_id, item.key, body.wait_for_completion)
 
     @delete("/{item_id:str}", status_code=200)
     async def delete_item(
-        self, runtime: NamedDependency[Runtime], instance_id: FromPath[str], item_id: FromPath[str]
+        self,
+        runtime: NamedDependency[Runtime],
+        jobs: NamedDependency[JobRunner],
+        instance_id: FromPath[str],
+        item_id: FromPath[str],
     ) -> dict[str, Any]:
-        item = await items.get_item(runtime, instance_id, item_id)
-        await runtime.delete_item(instance_id, item.key)
-        await items.remove_upload(runtime, instance_id, item.key)
+        item = await records.get_item(runtime.sessions, instance_id, item_id)
+        await jobs.delete_item(instance_id, item.key)
+        row, _ = await runtime.instances.get(instance_id)
+        await uploads.remove_upload(runtime.settings, row, item.key)
         return envelope({"key": item.key})
 
     @get("/{item_id:str}/chunks")
@@ -187,8 +196,11 @@ class ItemsController(Controller):
     ) -> dict[str, Any]:
         if not 1 <= limit <= 100 or offset < 0:
             raise InvalidRequest("limit must be 1-100 and offset 0 or more")
-        item = await items.get_item(runtime, instance_id, item_id)
-        found = await items.item_chunks(runtime, instance_id, item, limit, offset)
+        item = await records.get_item(runtime.sessions, instance_id, item_id)
+        _, cfg = await runtime.instances.get(instance_id)
+        index = await runtime.providers.index(instance_id, cfg)
+        end = min(offset + limit, item.chunks_count)
+        found = await index.get([chunk_id(item.id, n) for n in range(offset, end)])
         result = [
             {
                 "id": m.id,
@@ -210,10 +222,10 @@ class ItemsController(Controller):
     async def download(
         self, runtime: NamedDependency[Runtime], instance_id: FromPath[str], item_id: FromPath[str]
     ) -> Response[bytes]:
-        item = await items.get_item(runtime, instance_id, item_id)
-        row, cfg = await runtime.get_instance(instance_id)
+        item = await records.get_item(runtime.sessions, instance_id, item_id)
+        row, cfg = await runtime.instances.get(instance_id)
         limits = SizeLimits(runtime.settings.max_file_bytes, runtime.settings.max_text_file_bytes)
-        data = await runtime.source(row, cfg).fetch(item.key, limits.cap_for(item.key))
+        data = await runtime.providers.source(row, cfg).fetch(item.key, limits.cap_for(item.key))
         name = item.key.rsplit("/", 1)[-1].replace('"', "")
         return Response(
             data,

@@ -9,19 +9,15 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from pydantic import Field
 
-from rag_service import jobs
+from rag_service import records
 from rag_service.api.errors import envelope
 from rag_service.api.options import Lenient
 from rag_service.api.paging import check_page, paged
 from rag_service.api.requests import read_json
 from rag_service.api.views import job_view, log_view, queued_job_view
 from rag_service.errors import NotFound
+from rag_service.job_runner import JobRunner
 from rag_service.runtime import Runtime
-
-
-def tasks(request: Request[Any, Any, Any]) -> jobs.InlineJobs:
-    inline: jobs.InlineJobs = request.app.state.inline_jobs
-    return inline
 
 
 class JobCreate(Lenient):
@@ -42,21 +38,18 @@ class JobsController(Controller):
     async def create_job(
         self,
         runtime: NamedDependency[Runtime],
+        jobs: NamedDependency[JobRunner],
         request: Request[Any, Any, Any],
         instance_id: FromPath[str],
     ) -> dict[str, Any]:
         body = await read_job_body(request)
-        await runtime.get_instance(instance_id)
-        if request.app.state.job_runner == "inline":
-            job_id = await tasks(request).start(instance_id, body.description)
-            job = await jobs.get_job(runtime, instance_id, job_id)
-            return envelope(job_view(job) if job else queued_job_view(job_id, body.description))
-        job_id, worker_alive = await jobs.enqueue_sync(runtime, instance_id)
-        result = envelope(queued_job_view(job_id, body.description))
-        if not worker_alive:
-            result["messages"] = [
-                {"code": 7300, "message": "no worker is running: the job starts with `ragd worker`"}
-            ]
+        await runtime.instances.get(instance_id)
+        started = await jobs.start_sync(instance_id, body.description)
+        job = await records.get_job(runtime.sessions, instance_id, started.job_id)
+        result = envelope(
+            job_view(job) if job else queued_job_view(started.job_id, body.description)
+        )
+        result["messages"] = [{"code": 7300, "message": note} for note in started.notes]
         return result
 
     @get("/")
@@ -68,28 +61,23 @@ class JobsController(Controller):
         per_page: FromQuery[int] = 20,
     ) -> dict[str, Any]:
         check_page(page, per_page)
-        await runtime.get_instance(instance_id)
-        total, rows = await jobs.list_jobs(runtime, instance_id, page, per_page)
+        await runtime.instances.get(instance_id)
+        total, rows = await records.list_jobs(runtime.sessions, instance_id, page, per_page)
         return paged([job_view(j) for j in rows], page, per_page, total)
 
     @get("/{job_id:str}")
     async def get_job(
         self,
         runtime: NamedDependency[Runtime],
-        request: Request[Any, Any, Any],
+        jobs: NamedDependency[JobRunner],
         instance_id: FromPath[str],
         job_id: FromPath[str],
     ) -> dict[str, Any]:
-        await runtime.get_instance(instance_id)
-        job = await jobs.get_job(runtime, instance_id, job_id)
+        await runtime.instances.get(instance_id)
+        job = await records.get_job(runtime.sessions, instance_id, job_id)
         if job is not None:
             return envelope(job_view(job))
-        pending = (
-            tasks(request).pending(job_id)
-            if request.app.state.job_runner == "inline"
-            else await jobs.queued_in_redis(runtime, job_id)
-        )
-        if pending:
+        if await jobs.pending(job_id):
             return envelope(queued_job_view(job_id, None))
         raise NotFound(f"job {job_id!r} not found in instance {instance_id!r}")
 
@@ -103,8 +91,8 @@ class JobsController(Controller):
         per_page: FromQuery[int] = 50,
     ) -> dict[str, Any]:
         check_page(page, per_page)
-        await runtime.get_instance(instance_id)
-        if await jobs.get_job(runtime, instance_id, job_id) is None:
+        await runtime.instances.get(instance_id)
+        if await records.get_job(runtime.sessions, instance_id, job_id) is None:
             raise NotFound(f"job {job_id!r} not found in instance {instance_id!r}")
-        total, rows = await jobs.job_logs(runtime, job_id, page, per_page)
+        total, rows = await records.job_logs(runtime.sessions, job_id, page, per_page)
         return paged([log_view(line) for line in rows], page, per_page, total)

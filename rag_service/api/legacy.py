@@ -11,14 +11,16 @@ from litestar import Request, Response, post
 from litestar.params import FromPath, FromQuery
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rag_service.api import options as opt
-from rag_service.api.answers import answer
 from rag_service.api.errors import envelope
+from rag_service.api.options import note_messages
 from rag_service.api.requests import read_json
+from rag_service.api.search import cache_headers
 from rag_service.api.shapes import legacy_page
 from rag_service.api.sse import DONE, event_stream, sse
+from rag_service.instance_registry import DEFAULT_INSTANCE
 from rag_service.providers.protocols import ChatMessage
-from rag_service.runtime import DEFAULT_INSTANCE, Runtime
+from rag_service.query.options import QueryOptions, request_filter
+from rag_service.runtime import Runtime
 
 
 class RankingOptions(BaseModel):
@@ -53,18 +55,16 @@ class LegacySearchRequest(BaseModel):
         return value
 
 
-def ai_search_options(body: LegacySearchRequest) -> opt.AISearchOptions:
+def query_options(body: LegacySearchRequest) -> QueryOptions:
     """AutoRAG's fields in AI Search's terms, so that both mean the same."""
-    return opt.AISearchOptions(
-        retrieval=opt.Retrieval(
-            max_num_results=body.max_num_results,
-            match_threshold=body.ranking_options.score_threshold,
-            filters=body.filters,
-        ),
-        query_rewrite=opt.QueryRewrite(
-            enabled=body.rewrite_query, split_exclusions=body.split_exclusions
-        ),
-        reranking=opt.Reranking(enabled=body.reranking.enabled, model=body.reranking.model),
+    return QueryOptions(
+        max_num_results=body.max_num_results,
+        match_threshold=body.ranking_options.score_threshold,
+        filters=request_filter(body.filters),
+        rewrite=body.rewrite_query,
+        split_exclusions=body.split_exclusions,
+        reranking=body.reranking.enabled,
+        reranking_model=body.reranking.model,
     )
 
 
@@ -74,12 +74,11 @@ NO_EARLIER_TURNS: list[ChatMessage] = []
 
 async def legacy_search(runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]) -> Any:
     body = await read_json(request, LegacySearchRequest)
-    plan = await opt.plan_for(runtime, instance_id, ai_search_options(body))
-    query = await opt.search_query(runtime, instance_id, plan, body.query, NO_EARLIER_TURNS)
-    chunks = await runtime.search(instance_id, query, plan.retrieval, plan.reranking)
-    result = envelope(legacy_page(query, chunks))
-    await opt.note_if_empty(runtime, instance_id, plan, chunks)
-    result["messages"] = opt.note_messages(plan.notes)
+    found = await runtime.pipeline.search(
+        instance_id, body.query, query_options(body), NO_EARLIER_TURNS
+    )
+    result = envelope(legacy_page(found.search_query, found.chunks))
+    result["messages"] = note_messages(found.notes)
     return result
 
 
@@ -87,24 +86,21 @@ async def legacy_ai_search(
     runtime: Runtime, instance_id: str, request: Request[Any, Any, Any]
 ) -> Any:
     body = await read_json(request, LegacySearchRequest)
-    plan = await opt.plan_for(runtime, instance_id, ai_search_options(body))
-    reply = await answer(
-        runtime,
+    reply = await runtime.pipeline.answer(
         instance_id,
-        plan,
         body.query,
-        route="autorag",
+        query_options(body),
         earlier=NO_EARLIER_TURNS,
         model=body.model or None,
         system_prompt=body.system_prompt,
+        route="autorag",
     )
     if not body.stream:
         async with contextlib.aclosing(reply.pieces) as pieces:
             text = "".join([p async for p in pieces])
         result = envelope(legacy_page(reply.search_query, reply.used, text))
-        await opt.note_if_empty(runtime, instance_id, plan, reply.used)
-        result["messages"] = opt.note_messages(plan.notes)
-        return Response(result, headers=reply.headers)
+        result["messages"] = note_messages(reply.notes)
+        return Response(result, headers=cache_headers(reply))
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -116,7 +112,7 @@ async def legacy_ai_search(
         yield sse(legacy_page(reply.search_query, reply.used))
         yield DONE
 
-    return event_stream(events(), reply.headers)
+    return event_stream(events(), cache_headers(reply))
 
 
 def _runtime(request: Request[Any, Any, Any]) -> Runtime:

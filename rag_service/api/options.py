@@ -1,26 +1,18 @@
-"""AI Search request bodies (`query` or `messages`, `ai_search_options`) and what they mean
-for retrieval."""
+"""AI Search request bodies (`query` or `messages`, `ai_search_options`) and the query options
+they ask for."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from rag_service.errors import InvalidRequest
-from rag_service.instances import BoostField, InstanceConfig
+from rag_service.instances import BoostField
 from rag_service.providers.protocols import ChatMessage
+from rag_service.query.options import QueryOptions, request_filter
 from rag_service.retrieve.boost import MAX_BOOSTS
 from rag_service.retrieve.cache import CacheThreshold
-from rag_service.retrieve.exclusions import split_exclusions
-from rag_service.retrieve.filters import NormFilter, parse_filter
-from rag_service.retrieve.rerank import RerankOptions
-from rag_service.retrieve.rewrite import rewrite_query
-from rag_service.retrieve.search import RetrievalOptions
-from rag_service.runtime import Runtime
-from rag_service.stats import indexing_note
 
 MAX_QUERY_CHARS = 10_000
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -89,6 +81,28 @@ class AISearchOptions(Lenient):
     reranking: Reranking = Field(default_factory=Reranking)
     cache: Cache = Field(default_factory=Cache)
     custom_metadata: dict[str, str | float | bool] = Field(default_factory=dict, max_length=2)
+
+    def query_options(self) -> QueryOptions:
+        r, qr, rr, cache = self.retrieval, self.query_rewrite, self.reranking, self.cache
+        return QueryOptions(
+            retrieval_type=r.retrieval_type,
+            fusion_method=r.fusion_method,
+            keyword_match_mode=r.keyword_match_mode,
+            match_threshold=r.match_threshold,
+            max_num_results=r.max_num_results,
+            filters=request_filter(r.filters),
+            boost_by=r.boost_by,
+            context_expansion=r.context_expansion,
+            rewrite=qr.enabled,
+            rewrite_model=qr.model,
+            rewrite_prompt=qr.rewrite_prompt,
+            split_exclusions=qr.split_exclusions,
+            reranking=rr.enabled,
+            reranking_model=rr.model,
+            reranking_threshold=rr.match_threshold,
+            cache=cache.enabled,
+            cache_threshold=cache.cache_threshold,
+        )
 
 
 class SearchRequest(Lenient):
@@ -162,138 +176,6 @@ def earlier_turns(messages: list[Message]) -> list[ChatMessage] | None:
         if m.role in ("user", "assistant")
     ]
     return turns or None
-
-
-def request_filter(obj: object) -> NormFilter | None:
-    """Either filter syntax; `timestamp` values given in milliseconds (as AutoRAG and AI Search
-    document them, sometimes as strings) become the index's seconds."""
-    parsed = parse_filter(obj) if obj else None
-    if parsed and "timestamp" in parsed:
-        parsed["timestamp"] = {
-            op: [_seconds(v) for v in want] if isinstance(want, list) else _seconds(want)
-            for op, want in parsed["timestamp"].items()
-        }
-    return parsed
-
-
-def _seconds(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 1e11:
-        return int(value // 1000)
-    return value
-
-
-@dataclass(frozen=True)
-class RewriteOptions:
-    model: str | None = None  # None: the instance's rewrite_model, else the answer model
-    prompt: str | None = None  # None: the default rewrite prompt
-
-
-@dataclass
-class SearchPlan:
-    """What one request asks of the query path (None: that stage is off), and notes for the
-    response's `messages`."""
-
-    retrieval: RetrievalOptions
-    context_expansion: int = 0
-    rewrite: RewriteOptions | None = None
-    reranking: RerankOptions | None = None
-    cache: CacheThreshold | None = None
-    split_exclusions: bool = False
-    notes: list[str] = field(default_factory=list)
-
-
-async def plan_for(runtime: Runtime, instance_id: str, options: AISearchOptions) -> SearchPlan:
-    """The plan for one instance (NotFound when there is no such instance)."""
-    cfg = await runtime.instance_config(instance_id)
-    return plan_search(runtime, cfg, options)
-
-
-def plan_search(runtime: Runtime, cfg: InstanceConfig, options: AISearchOptions) -> SearchPlan:
-    r = options.retrieval
-    retrieval = runtime.default_options(
-        cfg,
-        retrieval_type=r.retrieval_type,
-        fusion_method=r.fusion_method,
-        keyword_match_mode=r.keyword_match_mode,
-        match_threshold=r.match_threshold,
-        max_num_results=r.max_num_results,
-        filters=request_filter(r.filters),
-        boost_by=None if r.boost_by is None else cfg.boosts(r.boost_by),  # None: instance's
-    )
-    qr, rr, cache = options.query_rewrite, options.reranking, options.cache
-    notes: list[str] = []
-    return SearchPlan(
-        retrieval,
-        r.context_expansion,
-        rewrite=RewriteOptions(qr.model or cfg.rewrite_model or None, qr.rewrite_prompt)
-        if _enabled(qr.enabled, cfg.rewrite_query)
-        else None,
-        reranking=RerankOptions(rr.model or None, rr.match_threshold or 0.0)
-        if _enabled(rr.enabled, cfg.reranking)
-        else None,
-        cache=(cache.cache_threshold or cfg.cache_threshold)
-        if _enabled(cache.enabled, cfg.cache)
-        else None,
-        split_exclusions=_enabled(qr.split_exclusions, cfg.split_exclusions),
-        notes=notes,
-    )
-
-
-def _enabled(requested: bool | None, instance_default: bool) -> bool:
-    """A request's `enabled` wins; left out, the instance's setting applies."""
-    return instance_default if requested is None else requested
-
-
-REWRITE_FIRST_MESSAGE = (
-    "query_rewrite rewrites follow-up messages, as in AI Search: a 'query' or a first "
-    "message is searched as given"
-)
-
-
-async def search_query(
-    runtime: Runtime,
-    instance_id: str,
-    plan: SearchPlan,
-    question: str,
-    earlier: Sequence[ChatMessage] | None,
-    answer_model: str | None = None,
-) -> str:
-    """What to retrieve with: the question rewritten by the rewrite model (the instance's, else
-    the answer model) when the plan asks for it and `earlier` is not None; then without its
-    exclusions when the plan splits them off."""
-    query = await _rewritten(runtime, instance_id, plan, question, earlier, answer_model)
-    return split_exclusions(query).positive if plan.split_exclusions else query
-
-
-async def _rewritten(
-    runtime: Runtime,
-    instance_id: str,
-    plan: SearchPlan,
-    question: str,
-    earlier: Sequence[ChatMessage] | None,
-    answer_model: str | None,
-) -> str:
-    if plan.rewrite is None:
-        return question
-    if earlier is None:
-        plan.notes.append(REWRITE_FIRST_MESSAGE)
-        return question
-    cfg = await runtime.instance_config(instance_id)
-    model = plan.rewrite.model or answer_model
-    if model:
-        cfg = cfg.model_copy(update={"ai_search_model": model})
-    generator = await runtime.generator(cfg)
-    return await rewrite_query(generator, question, earlier, plan.rewrite.prompt)
-
-
-async def note_if_empty(
-    runtime: Runtime, instance_id: str, plan: SearchPlan, found: Sequence[object]
-) -> None:
-    """When nothing was found, say so if indexing is why (not synced yet, or syncing)."""
-    if not found and (note := await indexing_note(runtime, instance_id)):
-        plan.notes.append(note)
 
 
 def note_messages(notes: list[str]) -> list[dict[str, Any]]:

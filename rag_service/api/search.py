@@ -12,36 +12,21 @@ from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from rag_service.api.answers import Answer, answer
 from rag_service.api.errors import envelope
-from rag_service.api.options import (
-    ChatRequest,
-    SearchPlan,
-    SearchRequest,
-    note_if_empty,
-    note_messages,
-    plan_for,
-    search_query,
-)
+from rag_service.api.options import ChatRequest, SearchRequest, note_messages
 from rag_service.api.requests import read_json
 from rag_service.api.shapes import aisearch_chunk, aisearch_search_result
 from rag_service.api.sse import DONE, event_stream, sse
 from rag_service.providers.protocols import Usage
-from rag_service.retrieve.expand import expand_context
+from rag_service.query.pipeline import Answer
 from rag_service.retrieve.search import ScoredChunk
 from rag_service.runtime import Runtime
 
-CACHE_ON_SEARCH = "the similarity cache keeps generated answers; search results are not cached"
+CACHE_STATUS = "cf-aig-cache-status"  # AI Search's header: HIT or MISS
 
 
-async def expanded(
-    runtime: Runtime, instance_id: str, plan: SearchPlan, chunks: list[ScoredChunk]
-) -> list[ScoredChunk]:
-    if not plan.context_expansion:
-        return chunks
-    cfg = await runtime.instance_config(instance_id)
-    index = await runtime.index(instance_id, cfg)
-    return await expand_context(index, chunks, plan.context_expansion)
+def cache_headers(reply: Answer) -> dict[str, str]:
+    return {CACHE_STATUS: reply.cache_status} if reply.cache_status else {}
 
 
 def completion(
@@ -94,15 +79,12 @@ class SearchController(Controller):
         instance_id: FromPath[str],
     ) -> dict[str, Any]:
         body = await read_json(request, SearchRequest)
-        plan = await plan_for(runtime, instance_id, body.ai_search_options)
-        query = await search_query(runtime, instance_id, plan, body.question(), body.follow_up_of())
-        chunks = await runtime.search(instance_id, query, plan.retrieval, plan.reranking)
-        chunks = await expanded(runtime, instance_id, plan, chunks)
-        result = envelope(aisearch_search_result(query, chunks))
-        if plan.cache is not None:
-            plan.notes.append(CACHE_ON_SEARCH)
-        await note_if_empty(runtime, instance_id, plan, chunks)
-        result["messages"] = note_messages(plan.notes)
+        found = await runtime.pipeline.search(
+            instance_id, body.question(), body.ai_search_options.query_options(),
+            body.follow_up_of(),
+        )  # fmt: skip
+        result = envelope(aisearch_search_result(found.search_query, found.chunks))
+        result["messages"] = note_messages(found.notes)
         return result
 
     @post("/chat/completions", status_code=200)
@@ -113,24 +95,22 @@ class SearchController(Controller):
         instance_id: FromPath[str],
     ) -> Any:
         body = await read_json(request, ChatRequest)
-        plan = await plan_for(runtime, instance_id, body.ai_search_options)
-        reply = await answer(
-            runtime,
+        reply = await runtime.pipeline.answer(
             instance_id,
-            plan,
             body.question(),
-            route="chat",
+            body.ai_search_options.query_options(),
             earlier=body.follow_up_of(),
             model=body.model or None,
             system_prompt=body.system_prompt(),
+            route="chat",
         )
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if not body.stream:
             async with contextlib.aclosing(reply.pieces) as pieces:
                 text = "".join([p async for p in pieces])
             body_ = completion(completion_id, reply.model, text, reply.used, reply.usage)
-            return Response(body_, headers=reply.headers)
-        return event_stream(streamed(completion_id, reply), reply.headers)
+            return Response(body_, headers=cache_headers(reply))
+        return event_stream(streamed(completion_id, reply), cache_headers(reply))
 
 
 async def streamed(completion_id: str, reply: Answer) -> AsyncIterator[bytes]:

@@ -14,7 +14,8 @@ from typing import Any
 
 from rag_service.benchmarks.machine import describe_machine
 from rag_service.config import Settings
-from rag_service.runtime import EmbedderFactory, Runtime
+from rag_service.registry import EmbedderFactory, Providers
+from rag_service.runtime import Runtime
 
 _VOCABULARY = """
     river mountain engine protocol harvest ledger copper signal orchard lantern theorem glacier
@@ -53,10 +54,10 @@ async def run(
     chunks = 0
     for attempt in range(repeat):
         settings = Settings(data_dir=work / f"data{attempt}", source=str(work / "src"))
-        async with Runtime(settings, embedder_factory=embedder_factory) as rt:
-            await rt.ensure_default_instance()
-            _, cfg = await rt.get_instance("default")
-            embedder = await rt.embedder(cfg)
+        async with Runtime(settings, Providers(settings, embedder_factory=embedder_factory)) as rt:
+            await rt.instances.ensure_default()
+            _, cfg = await rt.instances.get("default")
+            embedder = await rt.providers.embedder(cfg)
             await embedder.embed_documents(["warm up the model"] * 8)
             t0 = time.perf_counter()
             result = await rt.sync("default")

@@ -19,9 +19,12 @@ import uvicorn
 from rag_service.benchmarks.index import Progress, fill_index, phrases
 from rag_service.benchmarks.machine import describe_machine, percentiles_ms, spread
 from rag_service.config import Settings
+from rag_service.instance_registry import DEFAULT_INSTANCE
 from rag_service.providers.protocols import Embedder, VectorIndex
+from rag_service.query.options import retrieval_options
+from rag_service.registry import EmbedderFactory, Providers
 from rag_service.retrieve.search import RetrievalOptions
-from rag_service.runtime import DEFAULT_INSTANCE, EmbedderFactory, Runtime
+from rag_service.runtime import Runtime
 
 CLIENTS = (1, 8, 32)
 TOKEN = "bench-token"
@@ -101,16 +104,16 @@ async def run(
     work = Path(tempfile.mkdtemp(prefix="ragd-bench-query-"))
     (work / "empty").mkdir()
     settings = Settings(data_dir=work / "data", source=str(work / "empty"), api_tokens=TOKEN)
-    rt = Runtime(settings, embedder_factory=embedder_factory)
+    rt = Runtime(settings, Providers(settings, embedder_factory=embedder_factory))
     texts = phrases(random.Random(2), queries, 4)
     try:
         await rt.start()
-        await rt.ensure_default_instance()
-        _, cfg = await rt.get_instance(DEFAULT_INSTANCE)
-        embedder = await rt.embedder(cfg)
-        index = await rt.index(DEFAULT_INSTANCE, cfg)
+        await rt.instances.ensure_default()
+        _, cfg = await rt.instances.get(DEFAULT_INSTANCE)
+        embedder = await rt.providers.embedder(cfg)
+        index = await rt.providers.index(DEFAULT_INSTANCE, cfg)
         build_s = await fill_index(index, chunks, embedder.dimensions, progress=progress)
-        opts = rt.default_options(cfg)
+        opts = retrieval_options(cfg)
         parts: list[tuple[float, float, float]] = []
         paired: list[float] = []
         levels = []

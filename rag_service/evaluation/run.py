@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,10 +17,10 @@ from rag_service.errors import RagError
 from rag_service.evaluation.beir import BeirSet, load_beir, write_corpus
 from rag_service.evaluation.metrics import mean_scores
 from rag_service.instances import InstanceConfig
-from rag_service.retrieve.exclusions import split_exclusions
-from rag_service.retrieve.rerank import RerankOptions
-from rag_service.retrieve.search import RetrievalOptions, RetrievalType, ScoredChunk
-from rag_service.runtime import EmbedderFactory, RerankerFactory, Runtime
+from rag_service.query.options import QueryOptions
+from rag_service.registry import Providers
+from rag_service.retrieve.search import RetrievalType, ScoredChunk
+from rag_service.runtime import Runtime
 
 INSTANCE = "beir"
 NO_RERANKER = "not measured: no reranker weights offline"
@@ -72,7 +73,7 @@ class EvalResult:
 async def reranker_error(rt: Runtime, cfg: InstanceConfig) -> str | None:
     """Why the reranker does not load (reranked modes are then not measured), or None."""
     try:
-        await rt.reranker(cfg)
+        await rt.providers.reranker(cfg)
     except RagError as exc:
         return exc.message
     return None
@@ -89,49 +90,51 @@ def rank_documents(chunks: Sequence[ScoredChunk], doc_of: Mapping[str, str]) -> 
 
 
 async def ranked_documents(
-    rt: Runtime,
-    query: str,
-    opts: RetrievalOptions,
-    doc_of: Mapping[str, str],
-    depth: int,
-    reranking: RerankOptions | None = None,
+    rt: Runtime, query: str, options: QueryOptions, doc_of: Mapping[str, str], depth: int
 ) -> list[str]:
     """The top `depth` documents: asks for more chunks while several chunks of one document
     leave fewer than `depth` documents and the index has more to give."""
     want = depth
     while True:
-        asked = dataclasses.replace(opts, max_num_results=want)
-        chunks = await rt.search(INSTANCE, query, asked, reranking)
+        asked = dataclasses.replace(options, max_num_results=want)
+        chunks = (await rt.pipeline.search(INSTANCE, query, asked)).chunks
         docs = rank_documents(chunks, doc_of)
         if len(docs) >= depth or len(chunks) < want:
             return docs[:depth]
         want *= 2
 
 
+def mode_options(mode: Mode, match_threshold: float) -> QueryOptions:
+    """A mode as the query options any request could send (no rewrite: one query each)."""
+    return QueryOptions(
+        retrieval_type=mode.retrieval_type,
+        fusion_method=mode.fusion_method,
+        match_threshold=match_threshold,
+        rewrite=False,
+        split_exclusions=mode.split_exclusions,
+        reranking=mode.rerank,
+        cache=False,
+    )
+
+
 async def rank_queries(
     rt: Runtime,
-    mode: Mode,
-    base: RetrievalOptions,
+    options: QueryOptions,
     beir: BeirSet,
     doc_of: Mapping[str, str],
     depth: int,
-    report: EvalProgress,
+    report: Callable[[int, int], None],
 ) -> dict[str, list[str]]:
-    """Every judged query's top documents in one mode."""
-    opts = dataclasses.replace(
-        base, retrieval_type=mode.retrieval_type, fusion_method=mode.fusion_method
-    )
-    reranking = RerankOptions() if mode.rerank else None
+    """Every judged query's top documents with one set of options."""
     rankings: dict[str, list[str]] = {}
     for qid, text in beir.queries.items():
-        query = split_exclusions(text).positive if mode.split_exclusions else text
-        rankings[qid] = await ranked_documents(rt, query, opts, doc_of, depth, reranking)
-        report(mode.name, len(rankings), len(beir.queries))
+        rankings[qid] = await ranked_documents(rt, text, options, doc_of, depth)
+        report(len(rankings), len(beir.queries))
     return rankings
 
 
 async def _ingest(rt: Runtime, beir: BeirSet, corpus: Path, progress: EvalProgress) -> int:
-    await rt.ensure_instance(INSTANCE, str(corpus), {"backend": "local"})
+    await rt.instances.ensure(INSTANCE, str(corpus), {"backend": "local"})
     done = 0
 
     def tick(status: str, obj: object, detail: str) -> None:
@@ -153,8 +156,7 @@ async def run_eval(
     depth: int = 100,
     match_threshold: float = 0.0,
     progress: EvalProgress | None = None,
-    embedder_factory: EmbedderFactory | None = None,
-    reranker_factory: RerankerFactory | None = None,
+    make_providers: Callable[[Settings], Providers] = Providers,
 ) -> EvalResult:
     """Score every mode on one instance built in a temporary data dir (nothing is kept).
     The match threshold defaults to 0: ranking metrics need the whole ranked list."""
@@ -165,11 +167,10 @@ async def run_eval(
             update={"data_dir": Path(tmp) / "data", "database_url": None, "backend": "local"}
         )
         doc_of = write_corpus(beir, Path(tmp) / "corpus")
-        runtime = Runtime(st, embedder_factory=embedder_factory, reranker_factory=reranker_factory)
-        async with runtime as rt:
+        async with Runtime(st, make_providers(st)) as rt:
             started = time.perf_counter()
             chunks = await _ingest(rt, beir, Path(tmp) / "corpus", report)
-            _, cfg = await rt.get_instance(INSTANCE)
+            _, cfg = await rt.instances.get(INSTANCE)
             result = EvalResult(
                 dataset=folder.name,
                 date=datetime.date.today().isoformat(),
@@ -178,14 +179,13 @@ async def run_eval(
                 chunks=chunks,
                 ingest_seconds=round(time.perf_counter() - started, 1),
                 settings={
-                    "embedding_model": (await rt.embedder(cfg)).model_id,
+                    "embedding_model": (await rt.providers.embedder(cfg)).model_id,
                     "chunk_size": cfg.chunk_size,
                     "chunk_overlap": cfg.chunk_overlap,
                     "match_threshold": match_threshold,
                     "depth": depth,
                 },
             )
-            base = rt.default_options(cfg, match_threshold=match_threshold)
             error = await reranker_error(rt, cfg) if any(m.rerank for m in modes) else None
             if error:
                 result.settings["reranker_error"] = error
@@ -194,7 +194,10 @@ async def run_eval(
                     result.not_measured[mode.name] = NO_RERANKER
                     continue
                 started = time.perf_counter()
-                rankings = await rank_queries(rt, mode, base, beir, doc_of, depth, report)
+                options = mode_options(mode, match_threshold)
+                rankings = await rank_queries(
+                    rt, options, beir, doc_of, depth, functools.partial(report, mode.name)
+                )
                 result.query_seconds[mode.name] = round(time.perf_counter() - started, 1)
                 result.metrics[mode.name] = mean_scores(rankings, beir.qrels)
     return result

@@ -9,8 +9,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rag_service import records
 from rag_service.errors import ExtractError, NoTextError, ObjectTooLarge, RagError
-from rag_service.ingest import record
 from rag_service.ingest.chunk import chunk_text
 from rag_service.ingest.embed import embed_groups
 from rag_service.ingest.extract import extract_text
@@ -43,7 +43,7 @@ class SyncContext:
     source: ObjectSource
     embedder: Embedder
     index: VectorIndex
-    sessions: record.Sessions
+    sessions: records.Sessions
     limits: SizeLimits
     # Chunks embedded in one call. Large windows keep the embedder's batches full (a partial
     # batch per window costs ~15% with MiniLM on 2 cores at 32 items); an interrupted sync
@@ -112,7 +112,9 @@ async def prepare_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str)
     for info, result in zip(infos, results, strict=True):
         if isinstance(result, list):
             # The high-water mark is recorded before any chunk is written (crash safety).
-            item = await record.begin_item(ctx.sessions, ctx.instance_id, info, job_id, len(result))
+            item = await records.begin_item(
+                ctx.sessions, ctx.instance_id, info, job_id, len(result)
+            )
             prepared.ready.append((info, result, item))
         elif isinstance(result, Exception):
             prepared.done.append(await _unreadable(ctx, info, job_id, result))
@@ -148,7 +150,7 @@ async def finish_window(ctx: SyncContext, prepared: Prepared, job_id: str) -> li
         if isinstance(result, Exception):
             outcomes.append(await _unreadable(ctx, info, job_id, result))
             continue
-        await record.end_item(
+        await records.end_item(
             ctx.sessions, item.id, info, "completed", chunks_count=len(chunks), metadata=result
         )
         outcomes.append(Outcome(info, "completed", str(len(chunks))))
@@ -170,12 +172,12 @@ async def _unreadable(ctx: SyncContext, info: ObjectInfo, job_id: str, exc: Exce
         log.error("indexing %s failed unexpectedly", info.key, exc_info=exc)
         status, retry = "error", True
         message = f"internal error while indexing: {type(exc).__name__}"
-    item = await record.begin_item(ctx.sessions, ctx.instance_id, info, job_id, 0)
+    item = await records.begin_item(ctx.sessions, ctx.instance_id, info, job_id, 0)
     if not retry:
         await delete_chunks(ctx.index, item.id, 0, _written(item))
-    await record.end_item(ctx.sessions, item.id, info, status, error=message, retry=retry)
-    level = record.WARNING if status == "skipped" else record.ERROR
-    await record.log_line(ctx.sessions, job_id, f"{info.key}: {message}", level)
+    await records.end_item(ctx.sessions, item.id, info, status, error=message, retry=retry)
+    level = records.WARNING if status == "skipped" else records.ERROR
+    await records.log_line(ctx.sessions, job_id, f"{info.key}: {message}", level)
     return Outcome(info, status, message, retry)
 
 
@@ -189,4 +191,4 @@ async def delete_item(ctx: SyncContext, item: Item) -> None:
     await retry_transient(
         lambda: delete_chunks(ctx.index, item.id, 0, _written(item)), what=f"deleting {item.key}"
     )
-    await record.delete_item(ctx.sessions, item.id)
+    await records.delete_item(ctx.sessions, item.id)

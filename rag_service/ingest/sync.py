@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rag_service import records
 from rag_service.errors import RagError
-from rag_service.ingest import record
 from rag_service.ingest.diff import plan_sync
 from rag_service.ingest.items import (
     PREPARE_GROUP,
@@ -32,7 +32,7 @@ from rag_service.usage import UsageMeter
 
 SETTLE_TIMEOUT_S = 120.0
 
-__all__ = ["Progress", "SyncContext", "SyncResult", "delete_one", "index_one", "run_sync"]
+__all__ = ["SyncContext", "SyncProgress", "SyncResult", "delete_one", "index_one", "run_sync"]
 
 
 @dataclass
@@ -46,20 +46,21 @@ class SyncResult:
     usage: dict[str, Any] = field(default_factory=dict)  # Workers AI calls, tokens, neurons
 
 
-Progress = Callable[[str, ObjectInfo | Item, str], None]
+SyncProgress = Callable[[str, ObjectInfo | Item, str], None]
 
 
 async def run_sync(
     ctx: SyncContext,
     job_source: str = "user",
-    progress: Progress | None = None,
+    progress: SyncProgress | None = None,
     job_id: str | None = None,
+    description: str | None = None,
 ) -> SyncResult:
     """Sync an instance's index with its source; one item's failure never stops the job.
     Workers AI calls made for it are recorded with the job (tokens, estimated neurons)."""
     meter = UsageMeter()
     with meter.attach():
-        result = await _run_sync(ctx, job_source, progress, job_id)
+        result = await _run_sync(ctx, job_source, progress, job_id, description)
     result.usage = await record_usage(ctx, result.job_id, meter)
     return result
 
@@ -69,8 +70,8 @@ async def record_usage(ctx: SyncContext, job_id: str, meter: UsageMeter) -> dict
     usage = meter.snapshot()
     if not usage["calls"]:
         return {}
-    await record.set_job_usage(ctx.sessions, job_id, usage)
-    await record.log_line(
+    await records.set_job_usage(ctx.sessions, job_id, usage)
+    await records.log_line(
         ctx.sessions,
         job_id,
         f"Workers AI: {usage['calls']} call{'s' * (usage['calls'] != 1)}, "
@@ -81,15 +82,21 @@ async def record_usage(ctx: SyncContext, job_id: str, meter: UsageMeter) -> dict
 
 
 async def _run_sync(
-    ctx: SyncContext, job_source: str, progress: Progress | None, job_id: str | None
+    ctx: SyncContext,
+    job_source: str,
+    progress: SyncProgress | None,
+    job_id: str | None,
+    description: str | None,
 ) -> SyncResult:
     started = time.perf_counter()
-    await record.end_interrupted_jobs(ctx.sessions, ctx.instance_id)
-    job = await record.start_job(ctx.sessions, ctx.instance_id, job_source, job_id=job_id)
+    await records.end_interrupted_jobs(ctx.sessions, ctx.instance_id)
+    job = await records.start_job(
+        ctx.sessions, ctx.instance_id, job_source, description, job_id=job_id
+    )
     counts: Counter[str] = Counter()
     try:
         listing = await retry_transient(lambda: list_source(ctx.source), what="listing")
-        items = await record.load_items(ctx.sessions, ctx.instance_id)
+        items = await records.load_items(ctx.sessions, ctx.instance_id)
         plan = plan_sync(listing, items)
         counts.update(
             listed=len(listing),
@@ -98,8 +105,8 @@ async def _run_sync(
             unchanged=len(plan.unchanged),
             deleted=len(plan.deleted),
         )
-        await record.set_job_counts(ctx.sessions, job.id, dict(counts))
-        await record.log_line(
+        await records.set_job_counts(ctx.sessions, job.id, dict(counts))
+        await records.log_line(
             ctx.sessions,
             job.id,
             f"listed {len(listing)} objects: {len(plan.new)} new, {len(plan.changed)} changed, "
@@ -107,15 +114,17 @@ async def _run_sync(
         )
         changed: list[str] = [item.id for item in plan.deleted]
         by_key = {item.key: item for item in items}
-        await record.touch_items(ctx.sessions, [by_key[i.key].id for i in plan.unchanged], utcnow())
-        await record.queue_items(ctx.sessions, ctx.instance_id, plan.to_index, job.id)
+        await records.touch_items(
+            ctx.sessions, [by_key[i.key].id for i in plan.unchanged], utcnow()
+        )
+        await records.queue_items(ctx.sessions, ctx.instance_id, plan.to_index, job.id)
         for item in plan.deleted:
             await delete_item(ctx, item)
             if progress:
                 progress("deleted", item, "")
 
         def done(outcome: Outcome) -> None:
-            changed.append(record.item_id_for(ctx.instance_id, outcome.info.key))
+            changed.append(records.item_id_for(ctx.instance_id, outcome.info.key))
             counts[outcome.status] += 1
             counts["chunks"] += outcome.chunks
             if progress:
@@ -126,19 +135,19 @@ async def _run_sync(
         await drop_cached_answers(ctx, changed)
     except RagError as exc:
         reason = f"sync failed: {exc.message}"
-        await record.log_line(ctx.sessions, job.id, reason, record.ERROR)
-        await record.finish_job(ctx.sessions, job.id, "failed", reason, dict(counts))
+        await records.log_line(ctx.sessions, job.id, reason, records.ERROR)
+        await records.finish_job(ctx.sessions, job.id, "failed", reason, dict(counts))
         seconds = time.perf_counter() - started
         return SyncResult(job.id, "failed", reason, counts, seconds, exc.transient)
     except BaseException:
-        await record.finish_job(ctx.sessions, job.id, "failed", "sync crashed", dict(counts))
+        await records.finish_job(ctx.sessions, job.id, "failed", "sync crashed", dict(counts))
         raise
     reason = (
         f"{counts['completed']} indexed, {counts['error']} errors, {counts['skipped']} skipped, "
         f"{counts['unchanged']} unchanged, {counts['deleted']} deleted"
     )
-    await record.log_line(ctx.sessions, job.id, f"done: {reason}")
-    await record.finish_job(ctx.sessions, job.id, "completed", reason, dict(counts))
+    await records.log_line(ctx.sessions, job.id, f"done: {reason}")
+    await records.finish_job(ctx.sessions, job.id, "completed", reason, dict(counts))
     return SyncResult(job.id, "completed", reason, counts, time.perf_counter() - started)
 
 
@@ -156,14 +165,14 @@ async def settle_index(ctx: SyncContext, job_id: str) -> bool:
         return True
     caught_up = bool(await settle(SETTLE_TIMEOUT_S))
     if caught_up:
-        await record.log_line(ctx.sessions, job_id, "the index has applied every write")
+        await records.log_line(ctx.sessions, job_id, "the index has applied every write")
     else:
-        await record.log_line(
+        await records.log_line(
             ctx.sessions,
             job_id,
             f"the index had not applied every write after {SETTLE_TIMEOUT_S:.0f} s: searches "
             "may miss the newest changes for a while",
-            record.WARNING,
+            records.WARNING,
         )
     return caught_up
 
@@ -203,7 +212,7 @@ async def index_all(
 async def index_one(ctx: SyncContext, key: str, job_source: str = "user") -> Outcome:
     """Index one object, recorded as a job of its own; an object gone from the source has its
     item deleted."""
-    job = await record.start_job(
+    job = await records.start_job(
         ctx.sessions, ctx.instance_id, job_source, description=f"sync of {key}"
     )
     meter = UsageMeter()
@@ -214,28 +223,28 @@ async def index_one(ctx: SyncContext, key: str, job_source: str = "user") -> Out
                 await delete_one(ctx, key)
                 outcome = Outcome(ObjectInfo(key, "", 0, 0.0), "deleted", "gone from the source")
             else:
-                await record.queue_items(ctx.sessions, ctx.instance_id, [info], job.id)
+                await records.queue_items(ctx.sessions, ctx.instance_id, [info], job.id)
                 [outcome] = await index_window(ctx, [info], job.id)
             await settle_index(ctx, job.id)
-            await drop_cached_answers(ctx, [record.item_id_for(ctx.instance_id, key)])
+            await drop_cached_answers(ctx, [records.item_id_for(ctx.instance_id, key)])
     except RagError as exc:
-        await record.finish_job(ctx.sessions, job.id, "failed", exc.message, {})
+        await records.finish_job(ctx.sessions, job.id, "failed", exc.message, {})
         raise
     except BaseException:
-        await record.finish_job(ctx.sessions, job.id, "failed", "sync crashed", {})
+        await records.finish_job(ctx.sessions, job.id, "failed", "sync crashed", {})
         raise
     reason = f"{key}: {outcome.status} ({outcome.detail})"
-    await record.log_line(ctx.sessions, job.id, reason)
+    await records.log_line(ctx.sessions, job.id, reason)
     counts: dict[str, Any] = {outcome.status: 1}
     if usage := await record_usage(ctx, job.id, meter):
         counts["usage"] = usage
-    await record.finish_job(ctx.sessions, job.id, "completed", reason, counts)
+    await records.finish_job(ctx.sessions, job.id, "completed", reason, counts)
     return outcome
 
 
 async def delete_one(ctx: SyncContext, key: str) -> bool:
     """Drop one item's chunks and row; False when the instance has no such item."""
-    item = await record.find_item(ctx.sessions, ctx.instance_id, key)
+    item = await records.find_item(ctx.sessions, ctx.instance_id, key)
     if item is None:
         return False
     await delete_item(ctx, item)

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from rag_service.config import BGE_QUERY_INSTRUCTION, DEFAULT_EMBEDDING_MODEL
+from rag_service.config import BGE_QUERY_INSTRUCTION, LOCAL_EMBEDDING_MODEL
 from rag_service.errors import BackendError
 from rag_service.providers.local_models import (
     length_batches,
@@ -61,7 +61,7 @@ class LocalEmbedder:
 
     def __init__(
         self,
-        model: str = DEFAULT_EMBEDDING_MODEL,
+        model: str = LOCAL_EMBEDDING_MODEL,
         pooling: Pooling | None = None,
         query_instruction: str | None = None,
         batch_size: int = 32,

@@ -23,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 
 from rag_service.errors import BackendError, IndexMismatch, InvalidRequest
+from rag_service.providers import filters as flt
 from rag_service.providers.protocols import Filter, IndexSpec, Match, Vector, VectorRecord
-from rag_service.retrieve import filters as flt
-from rag_service.retrieve.stopwords import content_words
+from rag_service.providers.stopwords import content_words
 
 KeywordTokenizer = Literal["porter", "trigram"]
 FORMAT_VERSION = "1"

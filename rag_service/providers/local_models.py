@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from rag_service.config import DEFAULT_EMBEDDING_MODEL
+from rag_service.config import LOCAL_EMBEDDING_MODEL
 from rag_service.errors import BackendError
 
 SMOLLM2 = "smollm2"
@@ -48,7 +48,7 @@ def smollm2_gguf_path() -> Path:
 
 def resolve_embedding_model(name: str) -> str:
     """The shipped folder for the default MiniLM id when installed; any other name unchanged."""
-    if name == DEFAULT_EMBEDDING_MODEL:
+    if name == LOCAL_EMBEDDING_MODEL:
         try:
             return str(minilm_path())
         except BackendError:

@@ -11,8 +11,6 @@ from rag_service.errors import BackendError
 from rag_service.providers.protocols import Reranker
 from rag_service.retrieve.search import ScoredChunk
 
-WORKERS_AI_RERANKING_MODEL = "@cf/baai/bge-reranker-base"
-
 
 @dataclass(frozen=True)
 class RerankOptions:

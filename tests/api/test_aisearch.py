@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from rag_service import records
 from rag_service.config import Settings
-from rag_service.ingest import record
 from rag_service.providers.protocols import ObjectInfo
 from rag_service.runtime import Runtime
 from tests.api.test_legacy import AUTH, assert_error, client, database_url  # noqa: F401
@@ -363,13 +363,13 @@ async def test_an_empty_result_says_when_indexing_is_not_done(
         assert "has not completed a sync yet" in legacy.json()["messages"][0]["message"]
 
     async with Runtime(settings) as rt:  # another process's sync, seen through the database
-        job = await record.start_job(rt.sessions, "fresh", "user")
+        job = await records.start_job(rt.sessions, "fresh", "user")
         info = ObjectInfo("a.md", "e1", 23, 1.0)
-        await record.queue_items(rt.sessions, "fresh", [info], job.id)
+        await records.queue_items(rt.sessions, "fresh", [info], job.id)
         resp = await client.post(url, json={"query": "apricots"}, headers=AUTH)
         message = resp.json()["messages"][0]["message"]
         assert "a sync of this instance is running (0 of 1 items done)" in message
-        await record.finish_job(rt.sessions, job.id, "completed", "done", {})
+        await records.finish_job(rt.sessions, job.id, "completed", "done", {})
     resp = await client.post(url, json={"query": "apricots"}, headers=AUTH)
     assert resp.json()["messages"] == []  # synced (this one found nothing): nothing to say
     found = await search(client, {"query": "bread"})

@@ -14,11 +14,13 @@ from redis.asyncio import Redis
 
 from rag_service.api.app import create_app
 from rag_service.config import Settings
+from rag_service.queue import health_check_key
+from rag_service.registry import Providers
 from rag_service.runtime import Runtime
 from tests.fakes import HashingEmbedder
 from tests.serving import serve
 from tests.workers.test_worker import REDIS_URL, database_url, redis  # noqa: F401
-from workers.worker import build_worker, health_check_key
+from workers.worker import build_worker
 
 AUTH = {"Authorization": "Bearer test-token"}
 JOBS = "/accounts/a/ai-search/instances/docs/jobs"
@@ -35,10 +37,10 @@ async def api(
     src.mkdir()
     (src / "a.md").write_text("Alpha centauri is the nearest star system.")
     embedder = HashingEmbedder()
-    rt = Runtime(settings, embedder_factory=lambda model, pooling: embedder)
+    rt = Runtime(settings, Providers(settings, embedder_factory=lambda model, pooling: embedder))
     app = create_app(settings, rt, job_runner="queue")
     async with serve(app) as url, httpx.AsyncClient(base_url=url, headers=AUTH) as http:
-        await rt.ensure_instance("docs", str(src))
+        await rt.instances.ensure("docs", str(src))
         yield http, rt
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from rag_service.api.app import create_app
 from rag_service.config import Settings
+from rag_service.registry import Providers
 from rag_service.runtime import Runtime
 from tests.fakes import EchoGenerator, HashingEmbedder
 from tests.serving import serve
@@ -42,10 +43,10 @@ async def served(
         "generator_factory": lambda cfg: generator,
         **factories,
     }
-    async with Runtime(settings, **factories) as rt:
-        await rt.ensure_default_instance(str(src))
+    async with Runtime(settings, Providers(settings, **factories)) as rt:
+        await rt.instances.ensure_default(str(src))
         assert (await rt.sync("default")).counts["completed"] == 2
-    app = create_app(settings, Runtime(settings, **factories))
+    app = create_app(settings, Runtime(settings, Providers(settings, **factories)))
     async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
         yield http
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rag_service.errors import InvalidRequest
-from rag_service.retrieve.filters import matches, validate_filter
+from rag_service.providers.filters import matches, validate_filter
 
 MAX_DIMENSIONS = 1536
 MAX_BATCH = 5000

@@ -12,8 +12,7 @@ from sqlalchemy import select
 from rag_service.config import Settings
 from rag_service.models import Item, Job, JobLog
 from rag_service.providers.cloudflare import UsageMeter, VectorizeIndex, index_name
-from rag_service.retrieve.generate import generate_answer
-from rag_service.retrieve.search import RetrievalOptions
+from rag_service.query.options import QueryOptions
 from rag_service.runtime import Runtime
 from rag_service.stats import instance_stats
 from tests.cloudflare.fake_api import FakeCloudflare, Faults
@@ -38,12 +37,12 @@ async def test_cloudflare_instance_end_to_end(
     settings = cloudflare_settings(fake, tmp_path)
     meter = UsageMeter()
     async with Runtime(settings) as rt:
-        await rt.ensure_instance("docs", str(docs_dir), {"chunk_size": 64})
+        await rt.instances.ensure("docs", str(docs_dir), {"chunk_size": 64})
         with meter.attach():
             result = await rt.sync("docs")
         assert result.status == "completed", result.end_reason
-        _, cfg = await rt.get_instance("docs")
-        index = await rt.index("docs", cfg)
+        _, cfg = await rt.instances.get("docs")
+        index = await rt.providers.index("docs", cfg)
         assert isinstance(index, VectorizeIndex)
         assert await index.settle(timeout=30)  # Vectorize applied every write
 
@@ -69,25 +68,28 @@ async def test_cloudflare_instance_end_to_end(
             log = (await session.scalars(select(JobLog.message))).all()
         assert any(line.startswith("Workers AI: ") and "neurons" in line for line in log)
         assert any("the index has applied every write" in line for line in log)
-        stats = await instance_stats(rt, "docs")
+        _, cfg = await rt.instances.get("docs")
+        index = await rt.providers.index("docs", cfg)
+        stats = await instance_stats(rt.sessions, "docs", index)
         assert stats["usage"]["calls"] == usage["calls"]
 
         for key, outcome, phrase in manifest(docs_dir):
             if not outcome.startswith("completed") or phrase is None:
                 continue
-            only = RetrievalOptions(
+            only = QueryOptions(
                 "hybrid", match_threshold=0.0, max_num_results=50, filters={"filename": key}
             )
             texts = [
-                " ".join(c.text.lower().split()) for c in await rt.search("docs", phrase, only)
+                " ".join(c.text.lower().split())
+                for c in (await rt.pipeline.search("docs", phrase, only)).chunks
             ]
             assert any(" ".join(phrase.lower().split()) in t for t in texts), key
 
-        opts = RetrievalOptions("hybrid", match_threshold=0.0, max_num_results=5)
-        generator, prompt = await rt.answer_prompt("docs", "Beautiful is better than ugly", opts)
-        assert generator.model_id == "@cf/meta/llama-3.1-8b-instruct" and prompt.used
+        opts = QueryOptions("hybrid", match_threshold=0.0, max_num_results=5)
+        reply = await rt.pipeline.answer("docs", "Beautiful is better than ugly", opts)
+        assert reply.model == "@cf/meta/llama-3.1-8b-instruct" and reply.used
         max_tokens = settings.generation_max_tokens
-        answer = "".join([p async for p in generate_answer(generator, prompt, max_tokens)])
+        answer = "".join([p async for p in reply.pieces])
         assert answer.startswith("Answer:")
         body = fake.calls("text_generation", path_part="/ai/run/")[-1].json()
         assert body["stream"] is True and body["max_tokens"] == max_tokens
@@ -106,7 +108,7 @@ async def test_one_item_sync_keeps_its_workers_ai_usage(
     (src / "note.md").write_text("Vectorize stores the embeddings of every chunk.")
     settings = cloudflare_settings(fake, tmp_path)
     async with Runtime(settings) as rt:
-        await rt.ensure_instance("one", str(src))
+        await rt.instances.ensure("one", str(src))
         outcome = await rt.index_item("one", "note.md")
         assert outcome.status == "completed"
         async with rt.sessions() as session:

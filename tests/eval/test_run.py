@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from rag_service import cli
 from rag_service.cli import app
 from rag_service.config import Settings
 from rag_service.errors import BackendError, InvalidRequest
 from rag_service.evaluation.beir import load_beir
 from rag_service.evaluation.run import MODES, rank_documents, run_eval
 from rag_service.providers.protocols import Reranker
+from rag_service.registry import Providers
 from rag_service.retrieve.search import ScoredChunk
-from rag_service.runtime import Runtime
 from tests.fakes import HashingEmbedder
 
 CORPUS = {
@@ -71,9 +72,16 @@ def no_reranker(model: str) -> Reranker:
 def hashing(monkeypatch: pytest.MonkeyPatch) -> HashingEmbedder:
     """The model fakes for runs started from the CLI, where no factory can be passed."""
     embedder = HashingEmbedder()
-    monkeypatch.setattr(Runtime, "_local_embedder", lambda self, model, pooling: embedder)
-    monkeypatch.setattr(Runtime, "_local_reranker", lambda self, model: no_reranker(model))
+    monkeypatch.setattr(cli, "make_providers", fakes(embedder, no_reranker))
     return embedder
+
+
+def fakes(
+    embedder: HashingEmbedder, reranker: Callable[[str], Reranker]
+) -> Callable[[Settings], Providers]:
+    return lambda st: Providers(
+        st, embedder_factory=lambda model, pooling: embedder, reranker_factory=reranker
+    )
 
 
 def test_load_keeps_judged_queries_only(beir_dir: Path) -> None:
@@ -92,8 +100,7 @@ async def test_every_mode_finds_the_relevant_document(tmp_path: Path, beir_dir: 
         beir_dir,
         depth=3,
         progress=lambda stage, done, total: stages.append(stage),
-        embedder_factory=lambda model, pooling: embedder,
-        reranker_factory=no_reranker,
+        make_providers=fakes(embedder, no_reranker),
     )
     assert (result.documents, result.queries) == (5, 4)
     assert result.chunks > result.documents  # the long document was split
@@ -114,8 +121,7 @@ async def test_reranked_modes_go_through_the_reranker(tmp_path: Path, beir_dir: 
         Settings(data_dir=tmp_path / "unused"),
         beir_dir,
         modes=[m for m in MODES if m.name in ("keyword", "keyword+rerank", "hybrid+rerank")],
-        embedder_factory=lambda model, pooling: embedder,
-        reranker_factory=lambda model: TeaReranker(),
+        make_providers=fakes(embedder, lambda model: TeaReranker()),
     )
     assert not result.not_measured
     # keyword hits never include the tea passage: reranking only reorders what was retrieved
@@ -144,7 +150,7 @@ async def test_exclusion_modes_search_without_the_excluded_part(tmp_path: Path) 
         Settings(data_dir=tmp_path / "unused"),
         root,
         modes=[m for m in MODES if m.name in names],
-        embedder_factory=lambda model, pooling: embedder,
+        make_providers=fakes(embedder, no_reranker),
     )
     mrr = {mode: scores["mrr@10"] for mode, scores in result.metrics.items()}
     assert mrr == {

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from rag_service.config import Settings
 from rag_service.models import Item
-from rag_service.retrieve.search import RetrievalOptions
+from rag_service.query.options import QueryOptions
 from rag_service.runtime import Runtime
 
 DOCS = Path(__file__).resolve().parents[3] / "shared" / "data" / "docs"
@@ -43,7 +43,7 @@ async def synced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Runtime, dic
     data = tmp_path_factory.mktemp("manifest")
     rt = Runtime(Settings(data_dir=data))
     await rt.start()
-    await rt.ensure_instance("docs", str(docs))
+    await rt.instances.ensure("docs", str(docs))
     result = await rt.sync("docs")
     assert result.status == "completed", result.end_reason
     async with rt.sessions() as session:
@@ -73,13 +73,15 @@ async def test_outcome_matches_manifest(
         assert item.chunks_count >= 1
         if phrase is None:
             return
-        only_this = RetrievalOptions(
+        only_this = QueryOptions(
             "hybrid", match_threshold=0.0, max_num_results=50, filters={"filename": key}
         )
-        texts = [c.text.lower() for c in await rt.search("docs", phrase, only_this)]
+        texts = [
+            c.text.lower() for c in (await rt.pipeline.search("docs", phrase, only_this)).chunks
+        ]
         assert any(" ".join(phrase.lower().split()) in " ".join(t.split()) for t in texts)
-        everywhere = RetrievalOptions("hybrid", match_threshold=0.0, max_num_results=50)
-        assert key in {c.key for c in await rt.search("docs", phrase, everywhere)}
+        everywhere = QueryOptions("hybrid", match_threshold=0.0, max_num_results=50)
+        assert key in {c.key for c in (await rt.pipeline.search("docs", phrase, everywhere)).chunks}
         return
     allowed = {"error", "skipped"} if expected.startswith("error or skipped") else {"error"}
     assert item.status in allowed, (item.status, item.error)

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from rag_service.config import Settings
 from rag_service.models import Item
-from rag_service.retrieve.search import RetrievalOptions
+from rag_service.query.options import QueryOptions
+from rag_service.registry import Providers
 from rag_service.runtime import Runtime
 from tests.fakes import HashingEmbedder
 from tests.ingest.test_manifest import DOCS, manifest
@@ -51,16 +52,16 @@ async def runtime(settings: Settings, s3: MotoS3) -> AsyncIterator[Runtime]:
     settings.s3_secret_access_key = SecretStr(s3.secret_access_key)
     settings.s3_region = s3.region
     embedder = HashingEmbedder()
-    rt = Runtime(settings, embedder_factory=lambda model, pooling: embedder)
+    rt = Runtime(settings, Providers(settings, embedder_factory=lambda model, pooling: embedder))
     async with rt:
         config = {"custom_metadata": [{"field_name": "category", "data_type": "text"}]}
-        await rt.ensure_instance("bucket", f"s3://{BUCKET}/docs/", config)
+        await rt.instances.ensure("bucket", f"s3://{BUCKET}/docs/", config)
         yield rt
 
 
 async def keys_for(rt: Runtime, query: str, **filters: object) -> list[str]:
-    opts = RetrievalOptions("keyword", max_num_results=50, filters=filters or None)
-    return [c.key for c in await rt.search("bucket", query, opts)]
+    opts = QueryOptions("keyword", max_num_results=50, filters=filters or None)
+    return [c.key for c in (await rt.pipeline.search("bucket", query, opts)).chunks]
 
 
 async def test_corpus_in_a_bucket_syncs_to_the_manifest(runtime: Runtime, s3: MotoS3) -> None:

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from rag_service.config import Settings
 from rag_service.models import Item, Job, JobLog
-from rag_service.retrieve.search import RetrievalOptions
+from rag_service.query.options import QueryOptions
+from rag_service.registry import Providers
 from rag_service.runtime import Runtime
 from tests.fakes import HashingEmbedder
 
@@ -39,22 +40,22 @@ def folder(tmp_path: Path) -> Path:
 @pytest.fixture
 async def runtime(settings: Settings, folder: Path) -> Runtime:
     embedder = HashingEmbedder()
-    rt = Runtime(settings, embedder_factory=lambda model, pooling: embedder)
+    rt = Runtime(settings, Providers(settings, embedder_factory=lambda model, pooling: embedder))
     await rt.start()
-    await rt.ensure_instance("docs", str(folder), {"chunk_size": 64, "chunk_overlap": 0})
+    await rt.instances.ensure("docs", str(folder), {"chunk_size": 64, "chunk_overlap": 0})
     yield rt  # type: ignore[misc]
     await rt.close()
 
 
 def embedder_of(rt: Runtime) -> HashingEmbedder:
-    emb = next(iter(rt._embedders.values()))
+    emb = rt.providers._embedder_factory("any", None)  # the one the fixture's factory returns
     assert isinstance(emb, HashingEmbedder)
     return emb
 
 
 async def top_keys(rt: Runtime, query: str, kind: str = "hybrid") -> list[str]:
-    opts = RetrievalOptions(retrieval_type=kind, match_threshold=0.0)  # type: ignore[arg-type]
-    return [c.key for c in await rt.search("docs", query, opts)]
+    opts = QueryOptions(retrieval_type=kind, match_threshold=0.0)  # type: ignore[arg-type]
+    return [c.key for c in (await rt.pipeline.search("docs", query, opts)).chunks]
 
 
 async def test_first_sync_indexes_readable_files_and_records_errors(runtime: Runtime) -> None:
@@ -111,8 +112,8 @@ async def test_shorter_new_version_drops_leftover_chunks(runtime: Runtime, folde
     long_text = "\n\n".join(f"Paragraph {n} talks about topic{n} in detail." * 3 for n in range(12))
     write(folder / "long.md", long_text)
     await runtime.sync("docs")
-    _, cfg = await runtime.get_instance("docs")
-    index = await runtime.index("docs", cfg)
+    _, cfg = await runtime.instances.get("docs")
+    index = await runtime.providers.index("docs", cfg)
     async with runtime.sessions() as session:
         item = (await session.scalars(select(Item).where(Item.key == "long.md"))).one()
     assert item.chunks_count > 3
@@ -136,7 +137,7 @@ async def test_file_that_turns_unreadable_loses_its_old_chunks(
 
 
 async def test_missing_source_folder_fails_the_job_cleanly(runtime: Runtime, folder: Path) -> None:
-    await runtime.set_source("docs", str(folder / "nope"))
+    await runtime.instances.set_source("docs", str(folder / "nope"))
     result = await runtime.sync("docs")
     assert result.status == "failed" and "does not exist" in result.end_reason
 
@@ -165,9 +166,9 @@ async def test_an_unexpected_failure_is_confined_to_its_item(
 
 
 async def test_a_job_left_running_by_a_dead_process_is_closed(runtime: Runtime) -> None:
-    from rag_service.ingest import record
+    from rag_service import records
 
-    stale = await record.start_job(runtime.sessions, "docs", "schedule")
+    stale = await records.start_job(runtime.sessions, "docs", "schedule")
     await runtime.sync("docs")
     async with runtime.sessions() as session:
         job = await session.get(Job, stale.id)
@@ -287,10 +288,14 @@ async def test_a_sync_drops_cached_answers_grounded_on_changed_items(
 
     await runtime.sync("docs")
     cache = AnswerCache.for_instance(runtime.settings.instance_dir("docs"))
-    opts = RetrievalOptions(retrieval_type="keyword", match_threshold=0.0)
+    opts = QueryOptions(retrieval_type="keyword", match_threshold=0.0)
     for question in ("largest planet", "why do cats purr"):
         await cache.store(
-            "s", question, "m", "an answer", await runtime.search("docs", question, opts)
+            "s",
+            question,
+            "m",
+            "an answer",
+            (await runtime.pipeline.search("docs", question, opts)).chunks,
         )
     write(folder / "space.md", "Mars is red.", time.time() + 5)
     await runtime.sync("docs")

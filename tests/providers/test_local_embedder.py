@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from rag_service.config import DEFAULT_EMBEDDING_MODEL
+from rag_service.config import LOCAL_EMBEDDING_MODEL
 from rag_service.providers.local_embedder import (
     LocalEmbedder,
     default_pooling,
@@ -27,12 +27,12 @@ TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
 
 @pytest.fixture(scope="module")
 def mean() -> LocalEmbedder:
-    return LocalEmbedder(DEFAULT_EMBEDDING_MODEL, pooling="mean")
+    return LocalEmbedder(LOCAL_EMBEDDING_MODEL, pooling="mean")
 
 
 @pytest.fixture(scope="module")
 def cls() -> LocalEmbedder:
-    return LocalEmbedder(DEFAULT_EMBEDDING_MODEL, pooling="cls")
+    return LocalEmbedder(LOCAL_EMBEDDING_MODEL, pooling="cls")
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +47,15 @@ def reference() -> torch.Tensor:
 
 def test_attributes_and_defaults(mean: LocalEmbedder) -> None:
     assert isinstance(mean, Embedder)
-    assert resolve_embedding_model(DEFAULT_EMBEDDING_MODEL) == str(minilm_path())
+    assert resolve_embedding_model(LOCAL_EMBEDDING_MODEL) == str(minilm_path())
     assert resolve_embedding_model("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
-    assert mean.model_id == DEFAULT_EMBEDDING_MODEL  # the logical name, not the folder
+    assert mean.model_id == LOCAL_EMBEDDING_MODEL  # the logical name, not the folder
     assert (mean.dimensions, mean.max_tokens, mean.query_instruction) == (384, 256, "")
     assert default_pooling("BAAI/bge-base-en-v1.5") == "cls"
-    assert default_pooling(DEFAULT_EMBEDDING_MODEL) == "mean"
+    assert default_pooling(LOCAL_EMBEDDING_MODEL) == "mean"
     assert default_query_instruction("BAAI/bge-small-en-v1.5").startswith("Represent this")
     assert default_query_instruction("BAAI/bge-m3") == ""
-    assert default_query_instruction(DEFAULT_EMBEDDING_MODEL) == ""
+    assert default_query_instruction(LOCAL_EMBEDDING_MODEL) == ""
 
 
 def test_count_tokens(mean: LocalEmbedder) -> None:
@@ -107,7 +107,7 @@ async def test_truncation_at_max_tokens(mean: LocalEmbedder) -> None:
 
 async def test_query_instruction_is_prepended(mean: LocalEmbedder) -> None:
     instruction = "Represent this sentence for searching relevant passages: "
-    bge_like = LocalEmbedder(DEFAULT_EMBEDDING_MODEL, query_instruction=instruction)
+    bge_like = LocalEmbedder(LOCAL_EMBEDDING_MODEL, query_instruction=instruction)
     query = await bge_like.embed_query("x")
     assert query.shape == (384,)
     np.testing.assert_allclose(query, (await mean.embed_documents([instruction + "x"]))[0])

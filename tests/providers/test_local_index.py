@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from rag_service.errors import IndexMismatch, InvalidRequest
+from rag_service.providers.filters import matches, validate_filter
 from rag_service.providers.local_index import DB_NAME, LocalIndex
 from rag_service.providers.protocols import IndexSpec, VectorIndex, VectorRecord
-from rag_service.retrieve.filters import matches, validate_filter
 
 DIM = 32
 N = 3000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,9 +11,14 @@ import pytest
 from rag_service.config import Settings
 from rag_service.errors import BackendError, InvalidRequest
 from rag_service.instances import InstanceConfig
-from rag_service.providers.cloudflare.workers_ai import WorkersAIReranker
-from rag_service.retrieve.rerank import WORKERS_AI_RERANKING_MODEL, RerankOptions, rerank
-from rag_service.retrieve.search import RetrievalOptions, ScoredChunk
+from rag_service.providers.cloudflare.workers_ai import (
+    WORKERS_AI_RERANKING_MODEL,
+    WorkersAIReranker,
+)
+from rag_service.query.options import QueryOptions
+from rag_service.registry import Providers
+from rag_service.retrieve.rerank import rerank
+from rag_service.retrieve.search import ScoredChunk
 from rag_service.runtime import Runtime
 from tests.fakes import EchoGenerator, HashingEmbedder
 
@@ -64,25 +70,27 @@ async def test_runtime_picks_workers_ai_or_a_local_cross_encoder(tmp_path: Path)
         return WordReranker("x", model)
 
     settings = Settings(data_dir=tmp_path, reranking_model="my/cross-encoder")
-    async with Runtime(settings, reranker_factory=factory) as rt:
+    async with Runtime(settings, Providers(settings, reranker_factory=factory)) as rt:
         local = InstanceConfig()
-        assert (await rt.reranker(local)).model_id == "my/cross-encoder"
-        assert (await rt.reranker(local.model_copy(update={"reranking_model": "/m"}))).model_id
-        assert (await rt.reranker(local, "other/model")).model_id == "other/model"
-        await rt.reranker(local)  # loaded once per model
+        assert (await rt.providers.reranker(local)).model_id == "my/cross-encoder"
+        assert (
+            await rt.providers.reranker(local.model_copy(update={"reranking_model": "/m"}))
+        ).model_id
+        assert (await rt.providers.reranker(local, "other/model")).model_id == "other/model"
+        await rt.providers.reranker(local)  # loaded once per model
         assert loaded == ["my/cross-encoder", "/m", "other/model"]
         with pytest.raises(InvalidRequest, match="RAGD_CLOUDFLARE_ACCOUNT_ID"):
-            await rt.reranker(local, WORKERS_AI_RERANKING_MODEL)
+            await rt.providers.reranker(local, WORKERS_AI_RERANKING_MODEL)
     default = Settings(data_dir=tmp_path)
-    async with Runtime(default, reranker_factory=factory) as rt:
-        assert (await rt.reranker(InstanceConfig())).model_id == "BAAI/bge-reranker-base"
+    async with Runtime(default, Providers(default, reranker_factory=factory)) as rt:
+        assert (await rt.providers.reranker(InstanceConfig())).model_id == "BAAI/bge-reranker-base"
     cloud = Settings(
         data_dir=tmp_path, cloudflare_account_id="acc", cloudflare_api_token="t", backend="local"
     )
-    async with Runtime(cloud, reranker_factory=factory) as rt:
-        cf = await rt.reranker(InstanceConfig(backend="cloudflare"))
+    async with Runtime(cloud, Providers(cloud, reranker_factory=factory)) as rt:
+        cf = await rt.providers.reranker(InstanceConfig(backend="cloudflare"))
         assert isinstance(cf, WorkersAIReranker) and cf.model_id == WORKERS_AI_RERANKING_MODEL
-        named = await rt.reranker(InstanceConfig(), "@cf/baai/other-reranker")
+        named = await rt.providers.reranker(InstanceConfig(), "@cf/baai/other-reranker")
         assert isinstance(named, WorkersAIReranker) and named.model_id.endswith("other-reranker")
 
 
@@ -92,18 +100,21 @@ async def test_search_reranks_only_when_asked(tmp_path: Path) -> None:
     (src / "a.md").write_text("bread bread bread flour")
     (src / "b.md").write_text("bread and cheese on a plate")
     embedder, reranker = HashingEmbedder(), WordReranker("cheese")
-    rt = Runtime(
-        Settings(data_dir=tmp_path / "data"),
+    settings = Settings(data_dir=tmp_path / "data")
+    providers = Providers(
+        settings,
         embedder_factory=lambda m, p: embedder,
         generator_factory=lambda cfg: EchoGenerator(),
         reranker_factory=lambda model: reranker,
     )
+    rt = Runtime(settings, providers)
     async with rt:
-        await rt.ensure_default_instance(str(src))
+        await rt.instances.ensure_default(str(src))
         await rt.sync("default")
-        opts = RetrievalOptions(retrieval_type="keyword")
-        plain = await rt.search("default", "bread", opts)
+        opts = QueryOptions(retrieval_type="keyword")
+        plain = (await rt.pipeline.search("default", "bread", opts)).chunks
         assert [c.key for c in plain] == ["a.md", "b.md"] and reranker.calls == []
-        ranked = await rt.search("default", "bread", opts, RerankOptions(match_threshold=0.5))
+        reranked = dataclasses.replace(opts, reranking=True, reranking_threshold=0.5)
+        ranked = (await rt.pipeline.search("default", "bread", reranked)).chunks
         assert [c.key for c in ranked] == ["b.md"] and ranked[0].reranking_score == 0.9
         assert reranker.calls[0][0] == "bread"

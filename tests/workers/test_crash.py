@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from rag_service.queue import health_check_key
 from tests.s3_server import MotoS3, moto_s3
-from workers.worker import health_check_key
 
 BUCKET = "crash"
 PARAGRAPH = "Paragraph {n} of document {d} discusses topic{d}x{n} at some length. " * 12

@@ -12,20 +12,22 @@ from arq.connections import create_pool
 from redis.asyncio import Redis
 
 from rag_service.config import Settings
+from rag_service.queue import (
+    QUEUE,
+    deserialize,
+    health_check_key,
+    instance_lock,
+    lock_key,
+    redis_settings,
+    serialize,
+    sync_and_follow,
+)
+from rag_service.registry import Providers
 from rag_service.runtime import Runtime
 from tests.fakes import HashingEmbedder
 from workers import tasks
-from workers.client import enqueue_sync
-from workers.lock import instance_lock, lock_key
 from workers.tasks import enqueue_due_syncs, sync_instance
-from workers.worker import (
-    QUEUE,
-    build_worker,
-    deserialize,
-    health_check_key,
-    redis_settings,
-    serialize,
-)
+from workers.worker import build_worker
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, emptied per test
 
@@ -53,9 +55,9 @@ async def runtime(settings: Settings, tmp_path: Path, redis: Redis) -> AsyncIter
     (src / "b.txt").write_text("Bread needs flour, water and salt.")
     (src / "bad.pdf").write_text("not a pdf")
     embedder = HashingEmbedder()
-    rt = Runtime(settings, embedder_factory=lambda model, pooling: embedder)
+    rt = Runtime(settings, Providers(settings, embedder_factory=lambda model, pooling: embedder))
     async with rt:
-        await rt.ensure_instance("docs", str(src))
+        await rt.instances.ensure("docs", str(src))
         yield rt
 
 
@@ -69,10 +71,14 @@ async def test_enqueued_sync_runs_on_the_worker(runtime: Runtime, redis: Redis) 
                 break
             await asyncio.sleep(0.05)
         seen: list[tuple[int, int | None]] = []
-        result = await enqueue_sync(runtime, "docs", lambda d, p: seen.append((d, p)))
+        result = await sync_and_follow(
+            runtime.settings, runtime.sessions, "docs", lambda d, p: seen.append((d, p))
+        )
         assert result["status"] == "completed"
         assert result["counts"]["completed"] == 2 and result["counts"]["error"] == 1
-        second = await enqueue_sync(runtime, "docs", lambda d, p: None)
+        second = await sync_and_follow(
+            runtime.settings, runtime.sessions, "docs", lambda d, p: None
+        )
         assert second["counts"]["unchanged"] == 3 and second["counts"].get("completed", 0) == 0
     finally:
         task.cancel()
@@ -84,7 +90,7 @@ async def test_no_worker_is_a_clear_error(runtime: Runtime) -> None:
     from rag_service.errors import RagError
 
     with pytest.raises(RagError, match="no worker is running"):
-        await enqueue_sync(runtime, "docs", lambda d, p: None)
+        await sync_and_follow(runtime.settings, runtime.sessions, "docs", lambda d, p: None)
 
 
 async def test_a_held_lock_skips_the_second_sync(
@@ -146,7 +152,7 @@ async def test_transient_failures_are_retried_by_arq_permanent_ones_are_not(
     from rag_service.errors import SourceError
 
     ctx: dict[str, Any] = {"runtime": runtime, "redis": redis, "job_try": 1}
-    real_source = runtime.source
+    real_source = runtime.providers.source
 
     def failing(row: Any, cfg: Any) -> Any:
         source = real_source(row, cfg)
@@ -157,7 +163,7 @@ async def test_transient_failures_are_retried_by_arq_permanent_ones_are_not(
         source.fetch = unreachable  # type: ignore[method-assign]
         return source
 
-    runtime.source = failing  # type: ignore[method-assign]
+    runtime.providers.source = failing  # type: ignore[method-assign]
     from rag_service.ingest import retry
 
     retry.BASE_DELAY_S, saved = 0.001, retry.BASE_DELAY_S
@@ -169,7 +175,7 @@ async def test_transient_failures_are_retried_by_arq_permanent_ones_are_not(
         assert last["status"] == "error" and "cannot reach" in last["detail"]
     finally:
         retry.BASE_DELAY_S = saved
-        runtime.source = real_source  # type: ignore[method-assign]
+        runtime.providers.source = real_source  # type: ignore[method-assign]
     ctx["job_try"] = 1
     bad = await tasks.index_item(ctx, "docs", "bad.pdf")  # a broken file: not retried
     assert bad["status"] == "error" and "PDF" in bad["detail"]

@@ -29,6 +29,7 @@ from rag_service.providers.cloudflare.vectorize import (
     MetadataType,
     VectorizeClient,
 )
+from rag_service.providers.filters import validate_filter
 from rag_service.providers.local_index import KeywordTokenizer, LocalIndex
 from rag_service.providers.protocols import (
     Filter,
@@ -38,7 +39,6 @@ from rag_service.providers.protocols import (
     Vector,
     VectorRecord,
 )
-from rag_service.retrieve.filters import validate_filter
 
 MAX_ID_BYTES = 64
 MAX_METADATA_BYTES = 10 * 1024

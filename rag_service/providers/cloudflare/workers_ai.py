@@ -6,24 +6,29 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.models import WordPiece
+from tokenizers.normalizers import BertNormalizer
+from tokenizers.pre_tokenizers import BertPreTokenizer
 
 from rag_service.config import BGE_QUERY_INSTRUCTION
 from rag_service.errors import BackendError, InvalidRequest
 from rag_service.providers.cloudflare.api import CloudflareAPI
 from rag_service.providers.cloudflare.limits import Task
-from rag_service.providers.local_models import minilm_path
 from rag_service.providers.protocols import ChatMessage, Pooling, Usage, Vector
 from rag_service.usage import record_call
 
-DEFAULT_EMBEDDING_MODEL = "@cf/baai/bge-base-en-v1.5"
-DEFAULT_GENERATION_MODEL = "@cf/meta/llama-3.1-8b-instruct"
-DEFAULT_RERANKING_MODEL = "@cf/baai/bge-reranker-base"
+WORKERS_AI_EMBEDDING_MODEL = "@cf/baai/bge-base-en-v1.5"
+WORKERS_AI_GENERATION_MODEL = "@cf/meta/llama-3.1-8b-instruct"
+WORKERS_AI_RERANKING_MODEL = "@cf/baai/bge-reranker-base"
 EMBEDDING_DIMENSIONS = {
     "@cf/baai/bge-small-en-v1.5": 384,
     "@cf/baai/bge-base-en-v1.5": 768,
@@ -43,16 +48,50 @@ CONTEXT_WINDOWS = {
 DEFAULT_CONTEXT_WINDOW = 4096
 
 
-class WordPieceCounter:
-    """BERT-uncased WordPiece counts: BGE en v1.5 shares its vocab with the shipped MiniLM."""
+# The uncased BERT WordPiece vocabulary (30522 entries) that BGE en v1.5 and all-MiniLM-L6-v2
+# share; copied from sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0).
+BERT_UNCASED_VOCAB = Path(__file__).with_name("bert_uncased_vocab.txt")
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_wordpiece: HFTokenizer | None = None
+_wordpiece_lock = threading.Lock()
 
-    def __init__(self) -> None:
-        self._tok = HFTokenizer.from_file(str(minilm_path() / "tokenizer.json"))
-        self._tok.no_padding()
-        self._tok.no_truncation()
+
+def bert_wordpiece() -> HFTokenizer:
+    """The BERT-uncased tokenizer, built from the shipped vocab on first use, once per process.
+
+    The same pipeline as bert-base-uncased's (and the MiniLM's) tokenizer.json: BERT
+    normalizer (clean text, space out CJK, lowercase, strip accents), BERT pre-tokenizer,
+    WordPiece with `##` continuations and [UNK] past 100 characters; special tokens written
+    in the text stay one token each. No padding, no truncation.
+    """
+    global _wordpiece
+    if _wordpiece is None:
+        with _wordpiece_lock:
+            if _wordpiece is None:
+                tok = HFTokenizer(
+                    WordPiece.from_file(
+                        str(BERT_UNCASED_VOCAB),
+                        unk_token="[UNK]",
+                        continuing_subword_prefix="##",
+                        max_input_chars_per_word=100,
+                    )
+                )
+                tok.normalizer = BertNormalizer(
+                    clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+                )
+                tok.pre_tokenizer = BertPreTokenizer()
+                tok.add_special_tokens(
+                    [AddedToken(t, special=True, normalized=False) for t in BERT_SPECIAL_TOKENS]
+                )
+                _wordpiece = tok
+    return _wordpiece
+
+
+class WordPieceCounter:
+    """BERT-uncased WordPiece counts (BGE en v1.5's tokenizer), special tokens not added."""
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tok.encode(text, add_special_tokens=False).ids)
+        return len(bert_wordpiece().encode(text, add_special_tokens=False).ids)
 
 
 class WorkersAIEmbedder:
@@ -63,7 +102,7 @@ class WorkersAIEmbedder:
     def __init__(
         self,
         api: CloudflareAPI,
-        model: str = DEFAULT_EMBEDDING_MODEL,
+        model: str = WORKERS_AI_EMBEDDING_MODEL,
         *,
         dimensions: int | None = None,
         query_instruction: str | None = None,
@@ -148,7 +187,7 @@ class WorkersAIGenerator:
     def __init__(
         self,
         api: CloudflareAPI,
-        model: str = DEFAULT_GENERATION_MODEL,
+        model: str = WORKERS_AI_GENERATION_MODEL,
         *,
         context_window: int | None = None,
     ) -> None:
@@ -228,7 +267,7 @@ async def sse_events(
 class WorkersAIReranker:
     """A `Reranker` on `@cf/baai/bge-reranker-base`: one call scores every text."""
 
-    def __init__(self, api: CloudflareAPI, model: str = DEFAULT_RERANKING_MODEL) -> None:
+    def __init__(self, api: CloudflareAPI, model: str = WORKERS_AI_RERANKING_MODEL) -> None:
         self.api, self.model_id = api, model
         self._counter: WordPieceCounter | None = None
 

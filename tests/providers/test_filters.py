@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rag_service.errors import InvalidRequest
-from rag_service.retrieve.filters import (
+from rag_service.providers.filters import (
     MISSING,
     Column,
     autorag_to_vectorize,

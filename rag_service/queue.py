@@ -1,0 +1,182 @@
+"""The worker's queue on Redis, in one place: its name, task names, job ids, JSON serializers,
+the per-instance lock, the connection pool, and queueing a sync (at once or followed to its
+end). `workers/` imports this; nothing here imports `workers/`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.jobs import Job as ArqJob
+from arq.jobs import JobStatus as ArqStatus
+
+from rag_service import records
+from rag_service.config import Settings
+from rag_service.errors import BackendError, RagError
+
+QUEUE = "ragd:queue"
+HEALTH_CHECK_SECONDS = 10
+SYNC_TASK, INDEX_ITEM_TASK, DELETE_ITEM_TASK = "sync_instance", "index_item", "delete_item"
+WORKER_START_WAIT_S = 5.0
+
+# A holder that dies (kill -9) blocks the instance for at most this long.
+LOCK_TTL_MS = 30_000
+RENEW_EVERY_S = 10.0
+# Delete or extend the lock only while it still holds our token.
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
+
+JobProgress = Callable[[int, int | None], None]  # (items done, items planned or None)
+
+
+def serialize(obj: Any) -> bytes:
+    """Jobs travel as JSON, never pickle: whoever can write to Redis must not run code here."""
+    return json.dumps(obj, default=str).encode()
+
+
+def deserialize(data: bytes) -> Any:
+    return json.loads(data)
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    return RedisSettings.from_dsn(settings.redis_url)
+
+
+def health_check_key() -> str:
+    return f"{QUEUE}:health-check"
+
+
+def sync_job_id(job_id: str) -> str:
+    return f"ragd:sync:{job_id}"
+
+
+def schedule_job_id(instance_id: str, slot: int) -> str:
+    """One scheduled sync per instance and interval slot, however many workers ask."""
+    return f"ragd:schedule:{instance_id}:{slot}"
+
+
+def item_job_id() -> str:
+    return f"ragd:item:{uuid.uuid4()}"
+
+
+def lock_key(instance_id: str) -> str:
+    return f"ragd:sync-lock:{instance_id}"
+
+
+@contextlib.asynccontextmanager
+async def instance_lock(redis: Any, instance_id: str, wait: float = 0.0) -> AsyncIterator[bool]:
+    """The instance's lock, renewed while held, so that two syncs (or item changes) of one
+    instance never overlap even across workers. Yields True when taken within `wait` seconds
+    (and holds it until exit), False when another holder kept it."""
+    key, token = lock_key(instance_id), secrets.token_hex(16)
+    deadline = asyncio.get_running_loop().time() + wait
+    while not await redis.set(key, token, nx=True, px=LOCK_TTL_MS):
+        if asyncio.get_running_loop().time() >= deadline:
+            yield False
+            return
+        await asyncio.sleep(0.5)
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY_S)
+            await redis.eval(_RENEW, 1, key, token, LOCK_TTL_MS)
+
+    renewer = asyncio.create_task(renew())
+    try:
+        yield True
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        await redis.eval(_RELEASE, 1, key, token)
+
+
+@contextlib.asynccontextmanager
+async def queue_pool(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """A connection to the worker's queue (JSON jobs), closed on exit; BackendError when Redis
+    cannot be reached."""
+    try:
+        pool = await create_pool(
+            redis_settings(settings),
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+            default_queue_name=QUEUE,
+        )
+    except Exception as exc:  # redis-py raises several types for an unreachable server
+        raise BackendError(f"cannot reach Redis at the configured RAGD_REDIS_URL: {exc}") from exc
+    try:
+        yield pool
+    finally:
+        with contextlib.suppress(Exception):
+            await pool.aclose()
+
+
+async def worker_alive(pool: ArqRedis, wait: float = 0.0) -> bool:
+    """True once a worker's heartbeat is seen within `wait` seconds (one may be starting)."""
+    deadline = time.monotonic() + wait
+    while not await pool.exists(health_check_key()):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.25)
+    return True
+
+
+async def enqueue_sync(
+    pool: ArqRedis, instance_id: str, description: str | None = None, source: str = "user"
+) -> tuple[str, ArqJob]:
+    """Queue a sync for the worker without waiting for it: its job id and arq job."""
+    job_id = str(uuid.uuid4())
+    queued = await pool.enqueue_job(
+        SYNC_TASK, instance_id, source, job_id, description, _job_id=sync_job_id(job_id)
+    )
+    assert queued is not None  # a fresh uuid cannot collide
+    return job_id, queued
+
+
+async def queued_sync(pool: ArqRedis, job_id: str) -> bool:
+    """Whether the queue holds the sync, not started or running (no row yet)."""
+    job = ArqJob(sync_job_id(job_id), pool, _queue_name=QUEUE, _deserializer=deserialize)
+    return await job.status() in (ArqStatus.queued, ArqStatus.deferred, ArqStatus.in_progress)
+
+
+async def sync_and_follow(
+    settings: Settings, sessions: records.Sessions, instance_id: str, progress: JobProgress
+) -> dict[str, Any]:
+    """What `ragd sync` does by default: queue a sync and wait for its result, reporting item
+    progress from the database; a worker that stops meanwhile is an error."""
+    async with queue_pool(settings) as pool:
+        if not await worker_alive(pool, WORKER_START_WAIT_S):
+            raise RagError("no worker is running: start `ragd worker`, or sync here with --inline")
+        job_id, queued = await enqueue_sync(pool, instance_id)
+        heard = time.monotonic()
+        while await queued.status() != ArqStatus.complete:
+            progress(*await records.job_progress(sessions, job_id))
+            if await pool.exists(health_check_key()):
+                heard = time.monotonic()
+            elif time.monotonic() - heard > 2 * HEALTH_CHECK_SECONDS:
+                raise BackendError(
+                    "the worker stopped during the sync: start `ragd worker` again and rerun "
+                    "`ragd sync` (it carries on from the items already indexed)"
+                )
+            await asyncio.sleep(0.5)
+        return await task_result(queued)
+
+
+async def task_result(queued: ArqJob) -> dict[str, Any]:
+    info = await queued.result_info()
+    if info is None or not info.success:
+        raise BackendError(f"the worker failed the task: {info.result if info else 'no result'}")
+    result: dict[str, Any] = info.result
+    return result

@@ -1,0 +1,264 @@
+"""The provider registry: one factory per kind (embedder, generator, reranker, index, source),
+each product made once per process and kept. Tests and the CLI pass their own factories."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from rag_service.config import Settings
+from rag_service.errors import InvalidRequest
+from rag_service.instances import InstanceConfig
+from rag_service.models import Instance
+from rag_service.providers.cloudflare.workers_ai import WORKERS_AI_RERANKING_MODEL
+from rag_service.providers.folder_source import FolderSource
+from rag_service.providers.globs import PathFilter
+from rag_service.providers.protocols import (
+    Embedder,
+    Generator,
+    IndexSpec,
+    ObjectSource,
+    Reranker,
+    VectorIndex,
+)
+
+EmbedderFactory = Callable[[str, str | None], Embedder]  # (model, pooling)
+GeneratorFactory = Callable[[InstanceConfig], Generator]
+RerankerFactory = Callable[[str], Reranker]  # a local cross-encoder by HF id or path
+
+K = TypeVar("K")
+P = TypeVar("P")
+# transformers' lazy module is not safe to import from two threads at once; loading is.
+_IMPORTS = threading.Lock()
+
+
+class Providers:
+    """Makes and keeps the providers an instance's settings ask for. The local factories are
+    the defaults; cloudflare instances always use Workers AI and Vectorize."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder_factory: EmbedderFactory | None = None,
+        generator_factory: GeneratorFactory | None = None,
+        reranker_factory: RerankerFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self._embedder_factory = embedder_factory or self.local_embedder
+        self._generator_factory = generator_factory or self.local_generator
+        self._reranker_factory = reranker_factory or self.local_reranker
+        self._embedders: dict[tuple[str, str | None], Embedder] = {}
+        self._generators: dict[str, Generator] = {}
+        self._rerankers: dict[str, Reranker] = {}
+        self._indexes: dict[str, VectorIndex] = {}
+        self._loading = asyncio.Lock()  # model loads take seconds: one at a time
+        self._opening_index = asyncio.Lock()
+
+    async def embedder(self, cfg: InstanceConfig) -> Embedder:
+        """Loaded once per (model, pooling), in a thread."""
+        if cfg.backend == "cloudflare":
+            cf_key = ("@cloudflare", cfg.embedding_model)
+            return self._kept(self._embedders, cf_key, lambda: self._cloudflare_embedder(cfg))
+        model = cfg.embedding_model or self.settings.embedding_model
+        pooling = cfg.embedding_pooling or self.settings.embedding_pooling
+        key = (model, pooling)
+        async with self._loading:
+            if key not in self._embedders:
+                self._embedders[key] = await asyncio.to_thread(
+                    self._embedder_factory, model, pooling
+                )
+        return self._embedders[key]
+
+    async def generator(self, cfg: InstanceConfig, model: str | None = None) -> Generator:
+        """The answer model: `model`, else the instance's, else the settings' default."""
+        if model:
+            cfg = cfg.model_copy(update={"ai_search_model": model})
+        if cfg.backend == "cloudflare":
+            name = f"@cloudflare:{cfg.ai_search_model}"
+            return self._kept(self._generators, name, lambda: self._cloudflare_generator(cfg))
+        name = cfg.ai_search_model or self.settings.generation_model
+        async with self._loading:
+            if name not in self._generators:
+                self._generators[name] = await asyncio.to_thread(self._generator_factory, cfg)
+        return self._generators[name]
+
+    async def reranker(self, cfg: InstanceConfig, model: str | None = None) -> Reranker:
+        """Workers AI for `@cf/` models and cloudflare instances, else a local cross-encoder
+        (`model`, the instance's `reranking_model`, RAGD_RERANKING_MODEL or bge-reranker-base)."""
+        name = model or cfg.reranking_model or self.settings.reranking_model
+        if cfg.backend == "cloudflare" or (name or "").startswith("@cf/"):
+            cf_name = name if name and name.startswith("@cf/") else WORKERS_AI_RERANKING_MODEL
+            return self._kept(self._rerankers, cf_name, lambda: self._cloudflare_reranker(cf_name))
+        from rag_service.providers.local_reranker import DEFAULT_LOCAL_RERANKING_MODEL
+
+        name = name or DEFAULT_LOCAL_RERANKING_MODEL
+        async with self._loading:
+            if name not in self._rerankers:
+                self._rerankers[name] = await asyncio.to_thread(self._reranker_factory, name)
+        return self._rerankers[name]
+
+    async def index(self, instance_id: str, cfg: InstanceConfig) -> VectorIndex:
+        """One open index per instance per process (a second one would hold stale vectors)."""
+        async with self._opening_index:
+            if instance_id not in self._indexes:
+                embedder = await self.embedder(cfg)
+                spec = IndexSpec(embedder.model_id, embedder.pooling, embedder.dimensions)
+                self._indexes[instance_id] = await self._open_index(instance_id, cfg, spec)
+        return self._indexes[instance_id]
+
+    async def drop_index(self, instance_id: str) -> None:
+        """Close and forget an instance's open index (before its files are removed)."""
+        async with self._opening_index:
+            index = self._indexes.pop(instance_id, None)
+        if index is not None:
+            await index.close()
+
+    async def close(self) -> None:
+        for index in self._indexes.values():
+            await index.close()
+        self._indexes.clear()
+
+    def source(self, row: Instance, cfg: InstanceConfig) -> ObjectSource:
+        params = cfg.source_params
+        path_filter = PathFilter(tuple(params.include_items), tuple(params.exclude_items))
+        if row.source.startswith("s3://") or cfg.type in ("r2", "s3"):
+            return self._s3_source(row.source, cfg, path_filter)
+        return FolderSource(Path(row.source), params.prefix, path_filter)
+
+    @staticmethod
+    def _kept(kept: dict[K, P], key: K, make: Callable[[], P]) -> P:
+        if key not in kept:
+            kept[key] = make()
+        return kept[key]
+
+    async def _open_index(
+        self, instance_id: str, cfg: InstanceConfig, spec: IndexSpec
+    ) -> VectorIndex:
+        tokenizer = cfg.indexing_options.keyword_tokenizer
+        folder = self.settings.instance_dir(instance_id)
+        if cfg.backend != "cloudflare":
+            from rag_service.providers.local_index import LocalIndex
+
+            return await LocalIndex.aopen(folder / "index", spec, keyword_tokenizer=tokenizer)
+        # The instance's Vectorize index (created with its metadata indexes when missing),
+        # with its keyword side in the instance's data dir.
+        from rag_service.providers.cloudflare import CloudflareAPI, VectorizeIndex, index_name
+        from rag_service.providers.cloudflare.vectorize import MetadataType
+
+        kinds: dict[str, MetadataType] = {"text": "string", "boolean": "boolean"}
+        custom = {f.field_name: kinds.get(f.data_type, "number") for f in cfg.custom_metadata}
+        return await VectorizeIndex.open(
+            CloudflareAPI.for_settings(self.settings),
+            index_name(instance_id),
+            spec,
+            folder / "keyword",
+            metadata_indexes=custom,
+            keyword_tokenizer=tokenizer,
+        )
+
+    def _s3_source(self, source: str, cfg: InstanceConfig, path_filter: PathFilter) -> ObjectSource:
+        """`s3://bucket/prefix` on RAGD_S3_ENDPOINT_URL, or an R2 bucket name (AI Search's form)."""
+        from rag_service.providers.s3_source import S3Source, parse_s3_url
+
+        bucket, prefix = parse_s3_url(source) if source.startswith("s3://") else (source, "")
+        prefix = cfg.source_params.prefix or prefix
+        st = self.settings
+        secret = st.s3_secret_access_key.get_secret_value() if st.s3_secret_access_key else None
+        credentials = {"access_key_id": st.s3_access_key_id, "secret_access_key": secret}
+        with_metadata = bool(cfg.custom_metadata)
+        if st.s3_endpoint_url is None and cfg.type == "r2":
+            if not st.cloudflare_account_id:
+                raise InvalidRequest(
+                    "an R2 source needs RAGD_CLOUDFLARE_ACCOUNT_ID or RAGD_S3_ENDPOINT_URL"
+                )
+            return S3Source.for_r2(
+                st.cloudflare_account_id,
+                bucket,
+                prefix,
+                path_filter,
+                with_metadata=with_metadata,
+                **credentials,
+            )
+        return S3Source(
+            bucket,
+            prefix,
+            path_filter,
+            endpoint_url=st.s3_endpoint_url,
+            region=st.s3_region,
+            with_metadata=with_metadata,
+            **credentials,
+        )
+
+    def _cloudflare_embedder(self, cfg: InstanceConfig) -> Embedder:
+        """Workers AI BGE, always CLS pooling (`mean` vectors do not mix with `cls` ones)."""
+        from rag_service.providers.cloudflare import CloudflareAPI, WorkersAIEmbedder
+        from rag_service.providers.cloudflare.workers_ai import WORKERS_AI_EMBEDDING_MODEL
+
+        default = self.settings.embedding_model
+        model = cfg.embedding_model or (
+            default if default.startswith("@cf/") else WORKERS_AI_EMBEDDING_MODEL
+        )
+        if (cfg.embedding_pooling or self.settings.embedding_pooling) == "mean":
+            raise InvalidRequest("Workers AI embeddings are made with cls pooling only; drop mean")
+        return WorkersAIEmbedder(
+            CloudflareAPI.for_settings(self.settings),
+            model,
+            query_instruction=self.settings.embedding_query_instruction,
+        )
+
+    def _cloudflare_generator(self, cfg: InstanceConfig) -> Generator:
+        from rag_service.providers.cloudflare import CloudflareAPI, WorkersAIGenerator
+        from rag_service.providers.cloudflare.workers_ai import WORKERS_AI_GENERATION_MODEL
+
+        default = self.settings.generation_model
+        model = cfg.ai_search_model or (
+            default if default.startswith("@cf/") else WORKERS_AI_GENERATION_MODEL
+        )
+        return WorkersAIGenerator(CloudflareAPI.for_settings(self.settings), model)
+
+    def _cloudflare_reranker(self, model: str) -> Reranker:
+        from rag_service.providers.cloudflare import CloudflareAPI
+        from rag_service.providers.cloudflare.workers_ai import WorkersAIReranker
+
+        if not (self.settings.cloudflare_account_id and self.settings.cloudflare_api_token):
+            raise InvalidRequest(
+                f"reranking with {model} runs on Workers AI: set RAGD_CLOUDFLARE_ACCOUNT_ID and "
+                "RAGD_CLOUDFLARE_API_TOKEN, or name a local cross-encoder (HF id or path)"
+            )
+        return WorkersAIReranker(CloudflareAPI.for_settings(self.settings), model)
+
+    def local_embedder(self, model: str, pooling: str | None) -> Embedder:
+        with _IMPORTS:
+            from rag_service.providers.local_embedder import LocalEmbedder
+
+        return LocalEmbedder(
+            model,
+            pooling=pooling,  # type: ignore[arg-type]
+            query_instruction=self.settings.embedding_query_instruction,
+            batch_size=self.settings.embedding_batch_size,
+        )
+
+    def local_reranker(self, model: str) -> Reranker:
+        with _IMPORTS:
+            from rag_service.providers.local_reranker import LocalReranker
+
+        return LocalReranker(model)
+
+    def local_generator(self, cfg: InstanceConfig) -> Generator:
+        """An OpenAI-compatible server when RAGD_GENERATION_URL is set, else in-process."""
+        name = cfg.ai_search_model or self.settings.generation_model
+        if self.settings.generation_url:
+            from rag_service.providers.openai_generator import OpenAIGenerator
+
+            key = self.settings.generation_api_key
+            return OpenAIGenerator(
+                self.settings.generation_url, name, key.get_secret_value() if key else None
+            )
+        with _IMPORTS:
+            from rag_service.providers.local_generator import LocalGenerator
+
+        return LocalGenerator(name, cache_dir=self.settings.data_dir / "models")
