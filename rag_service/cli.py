@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -50,7 +51,11 @@ def _settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        err.print(f"[red]error:[/red] {'; '.join(e['msg'] for e in exc.errors())}")
+        raise typer.Exit(2) from None
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -379,6 +384,7 @@ def bench(
     """Throughput and latency on this machine: ingest (sync chunks/s vs the bare embedder),
     query (/search p50/p95/p99 by concurrent clients, overhead beyond embed + index) or index
     (vector top-10 latency by size). Writes bench/results/KIND.json with the machine."""
+    from rag_service.api.app import create_app as api_app
     from rag_service.benchmarks import index as index_bench
     from rag_service.benchmarks import ingest as ingest_bench
     from rag_service.benchmarks import query as query_bench
@@ -396,7 +402,7 @@ def bench(
             result = _run(ingest_bench.run(docs, repeat))
         elif kind == "query":
             runs = clients or query_bench.CLIENTS
-            result = _run(query_bench.run(chunks, queries, runs, progress=progress))
+            result = _run(query_bench.run(api_app, chunks, queries, runs, progress=progress))
         else:
             result = _run(index_bench.run(sizes or index_bench.SIZES, queries, progress=progress))
     path = save_result(kind, result, out or RESULTS)

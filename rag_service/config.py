@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOCAL_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+ENV_PREFIX = "RAGD_"
+# RAGD_ variables that are read by tools around the service, not by it.
+NOT_SETTINGS = frozenset({"RAGD_VENV", "RAGD_TEST_PG_DSN"})
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
 
 class Settings(BaseSettings):
     """Everything configurable; `ragd up` works with none of it set."""
 
-    model_config = SettingsConfigDict(env_prefix="RAGD_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=None, extra="forbid")
 
     backend: Literal["local", "cloudflare"] = "local"
     data_dir: Path = Path("./ragd-data")
@@ -49,9 +54,28 @@ class Settings(BaseSettings):
     # Limits (AI Search's, raisable by a self-hoster).
     max_file_bytes: int = 4 * 1024 * 1024
     max_text_file_bytes: int = 10 * 1024 * 1024
-    sync_interval: int = 21600
     ingest_window_chunks: int = Field(512, ge=1)  # chunks embedded together during a sync
-    keyword_tokenizer: Literal["porter", "trigram"] = "porter"
+
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> Settings:
+        """A `RAGD_` variable that names no setting is a mistake (a typo, or a setting that
+        was removed): refuse to start rather than silently ignore it."""
+        unknown = sorted(
+            name
+            for name in os.environ
+            if name.upper().startswith(ENV_PREFIX)
+            and name.upper()[len(ENV_PREFIX) :].lower() not in type(self).model_fields
+            and name.upper() not in NOT_SETTINGS
+        )
+        if unknown:
+            known = [ENV_PREFIX + f.upper() for f in type(self).model_fields]
+            hints = [
+                f"{name} (did you mean {close[0]}?)" if close else name
+                for name in unknown
+                for close in [difflib.get_close_matches(name.upper(), known, n=1)]
+            ]
+            raise ValueError(f"unknown setting: {', '.join(hints)}; unset it or fix its name")
+        return self
 
     @field_validator("api_tokens", mode="before")
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -53,19 +52,6 @@ async def upgrade(engine: AsyncEngine) -> None:
 
     async with engine.begin() as conn:
         await conn.run_sync(_run)
-
-
-def upgrade_sync(url: str) -> None:
-    """For tools that are not async (alembic CLI, scripts)."""
-    engine = create_engine(url)
-
-    async def _go() -> None:
-        try:
-            await upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(_go())
 
 
 __all__ = ["AsyncSession", "Engine", "create_engine", "session_factory", "upgrade"]

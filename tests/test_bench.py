@@ -8,6 +8,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
+from rag_service.api.app import create_app
 from rag_service.benchmarks import ingest, query
 from rag_service.cli import app
 from tests.fakes import HashingEmbedder
@@ -36,7 +37,9 @@ async def test_ingest_compares_sync_with_the_bare_embedder() -> None:
 
 
 async def test_query_reports_latency_by_clients_and_the_overhead() -> None:
-    result = await query.run(chunks=200, queries=12, clients=(1, 2), embedder_factory=fake_embedder)
+    result = await query.run(
+        create_app, chunks=200, queries=12, clients=(1, 2), embedder_factory=fake_embedder
+    )
     assert result["chunks"] == 200 and result["queries"] == 12
     assert result["retrieval"]["type"] == "hybrid"
     for part in result["components_ms"].values():

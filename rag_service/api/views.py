@@ -7,7 +7,7 @@ from typing import Any
 
 from rag_service.config import Settings
 from rag_service.instances import InstanceConfig
-from rag_service.models import Instance, Item, Job, JobLog
+from rag_service.models import ITEM_STATUSES, Instance, Item, Job, JobLog
 
 NAMESPACE = "default"
 # Reported when an instance sets no cache_ttl (the SDK's list type needs one of its values);
@@ -123,6 +123,3 @@ def item_view(item: Item) -> dict[str, Any]:
         "source_id": "builtin",
         "next_action": None,
     }
-
-
-ITEM_STATUSES = ("queued", "running", "completed", "error", "skipped", "outdated")

@@ -22,7 +22,7 @@ from rag_service.providers.protocols import IndexSpec, VectorIndex, VectorRecord
 VOCABULARY = [f"{w}{i}" for w in WORDS for i in range(170)]
 BATCH = 20_000
 SIZES = (10_000, 100_000, 1_000_000)
-Progress = Callable[[str, int, int | None], None]  # stage, done, total
+BenchProgress = Callable[[str, int, int | None], None]  # stage, done, total
 
 
 def unit_vectors(rng: np.random.Generator, n: int, dim: int) -> npt.NDArray[np.float32]:
@@ -36,7 +36,7 @@ def phrases(rng: random.Random, n: int, words: int) -> list[str]:
 
 
 async def fill_index(
-    index: VectorIndex, n: int, dim: int, seed: int = 0, progress: Progress | None = None
+    index: VectorIndex, n: int, dim: int, seed: int = 0, progress: BenchProgress | None = None
 ) -> float:
     """Upsert `n` chunks (random unit vectors, 8-word texts) in large batches; seconds taken."""
     rng, words = np.random.default_rng(seed), random.Random(seed)
@@ -81,7 +81,7 @@ async def run(
     queries: int = 100,
     dim: int = 384,
     top_k: int = 10,
-    progress: Progress | None = None,
+    progress: BenchProgress | None = None,
 ) -> dict[str, Any]:
     """For each size: build a fresh index in a temporary folder, then time `queries` queries."""
     qs = list(unit_vectors(np.random.default_rng(1), queries + 3, dim))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"  # in the repo checkout
+RESULTS = Path("bench") / "results"  # under the folder it is run from (the repo checkout)
 
 
 def describe_machine() -> dict[str, Any]:

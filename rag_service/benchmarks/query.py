@@ -8,15 +8,16 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
+from litestar.types import ASGIApp
 
-from rag_service.benchmarks.index import Progress, fill_index, phrases
+from rag_service.benchmarks.index import BenchProgress, fill_index, phrases
 from rag_service.benchmarks.machine import describe_machine, percentiles_ms, spread
 from rag_service.config import Settings
 from rag_service.instance_registry import DEFAULT_INSTANCE
@@ -91,15 +92,16 @@ async def concurrent(
 
 
 async def run(
+    app_factory: Callable[[Settings, Runtime], ASGIApp],
     chunks: int = 100_000,
     queries: int = 200,
     clients: Sequence[int] = CLIENTS,
     embedder_factory: EmbedderFactory | None = None,
-    progress: Progress | None = None,
+    progress: BenchProgress | None = None,
 ) -> dict[str, Any]:
     """Build the index, then time each query's embedding and index lookups right before its
-    `/search` (one client: the paired difference is the overhead), then each concurrency."""
-    from rag_service.api.app import create_app
+    `/search` (one client: the paired difference is the overhead), then each concurrency.
+    `app_factory`: the HTTP app to measure (the CLI passes the API's)."""
 
     work = Path(tempfile.mkdtemp(prefix="ragd-bench-query-"))
     (work / "empty").mkdir()
@@ -118,7 +120,7 @@ async def run(
         paired: list[float] = []
         levels = []
         async with (
-            loopback(create_app(settings, rt)) as url,
+            loopback(app_factory(settings, rt)) as url,
             httpx.AsyncClient(
                 base_url=url,
                 headers={"Authorization": f"Bearer {TOKEN}"},

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from rag_service.models import Item
+from rag_service.models import Item, ItemStatus
 from rag_service.providers.protocols import ObjectInfo
 
 # Items left in these states by an interrupted sync are redone even when unchanged.
-UNFINISHED = frozenset({"queued", "running", "outdated"})
+UNFINISHED: frozenset[ItemStatus] = frozenset({"queued", "running", "outdated"})
 
 
 @dataclass

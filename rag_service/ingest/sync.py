@@ -27,8 +27,8 @@ from rag_service.ingest.list import list_source
 from rag_service.ingest.retry import retry_transient
 from rag_service.models import Item, utcnow
 from rag_service.providers.protocols import ObjectInfo
+from rag_service.providers.usage import UsageMeter
 from rag_service.retrieve.cache import invalidate_items
-from rag_service.usage import UsageMeter
 
 SETTLE_TIMEOUT_S = 120.0
 

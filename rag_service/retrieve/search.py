@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from rag_service.providers.protocols import Embedder, Filter, Match, MetadataValue, VectorIndex
 from rag_service.retrieve.boost import Boost, boost_amounts
@@ -41,7 +41,6 @@ class ScoredChunk:
     keyword_rank: int | None = None
     fusion_method: str | None = None
     reranking_score: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:

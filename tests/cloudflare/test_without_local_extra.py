@@ -40,11 +40,6 @@ NOT_COPIED = shutil.ignore_patterns(
 )
 INSTALL_TIMEOUT = 300
 COMMAND_TIMEOUT = 120
-# The installed package looks for its Alembic scripts beside itself (rag_service/db.py:
-# MIGRATIONS_DIR = <site-packages>/migrations), which no wheel ships: a non-editable install
-# cannot create its database until they become package data.
-MIGRATIONS_MISSING = "site-packages/migrations"
-
 DOCS = {
     "sourdough.md": (
         "# Sourdough bread\n\nFeed the sourdough starter with flour and water, let the dough "
@@ -162,23 +157,11 @@ print(WordPieceCounter().count_tokens("Unbelievably, Crème Brûlée! 日本"))
     assert count == "14"  # un ##bel ##ie ##va ##bly , cr ##eme br ##ule ##e ! 日 本
 
 
-# The installed CLI with rag_service.db pointed at the Alembic scripts of the installed source
-# (and nothing else changed): what `ragd` does once migrations are package data.
-SHIM = (
-    "import sys; from pathlib import Path; import rag_service.db as db; "
-    "db.MIGRATIONS_DIR = Path(sys.argv.pop(1)); sys.argv[0] = 'ragd'; "
-    "from rag_service.cli import app; app()"
-)
-
-
-@pytest.mark.parametrize("how", ["ragd", "migrations-supplied"])
 async def test_cloudflare_backend_without_the_local_extra(
-    cloudflare_only: Install, fake: FakeCloudflare, tmp_path: Path, how: str
+    cloudflare_only: Install, fake: FakeCloudflare, tmp_path: Path
 ) -> None:
-    if how == "ragd":
-        command = [str(cloudflare_only.venv / "bin" / "ragd")]
-    else:
-        command = [cloudflare_only.python, "-c", SHIM, str(cloudflare_only.source / "migrations")]
+    """The installed `ragd` (migrations are package data) syncs, searches and answers."""
+    command = [str(cloudflare_only.venv / "bin" / "ragd")]
     work = tmp_path / "work"  # cwd: nothing importable from the repo here
     work.mkdir()
     src = tmp_path / "docs"
@@ -195,8 +178,6 @@ async def test_cloudflare_backend_without_the_local_extra(
     }
 
     code, _, log = await _ragd(command, ["sync", "--inline", *data], env, work)
-    if code != 0 and how == "ragd" and MIGRATIONS_MISSING in "".join(log.split()):
-        pytest.xfail("no wheel ships migrations/, which rag_service/db.py:15 expects there")
     assert code == 0, log
     assert f"{len(DOCS)} listed, {len(DOCS)} indexed" in log, log
     assert fake.calls("embeddings") and set(fake.poolings) == {"cls"}

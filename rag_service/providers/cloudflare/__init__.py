@@ -16,7 +16,7 @@ from rag_service.providers.cloudflare.workers_ai import (
     WorkersAIGenerator,
     WorkersAIReranker,
 )
-from rag_service.usage import UsageMeter
+from rag_service.providers.usage import UsageMeter
 
 __all__ = [
     "CloudflareAPI",

@@ -24,7 +24,7 @@ from rag_service.errors import BackendError, InvalidRequest
 from rag_service.providers.cloudflare.api import CloudflareAPI
 from rag_service.providers.cloudflare.limits import Task
 from rag_service.providers.protocols import ChatMessage, Pooling, Usage, Vector
-from rag_service.usage import record_call
+from rag_service.providers.usage import record_call
 
 WORKERS_AI_EMBEDDING_MODEL = "@cf/baai/bge-base-en-v1.5"
 WORKERS_AI_GENERATION_MODEL = "@cf/meta/llama-3.1-8b-instruct"

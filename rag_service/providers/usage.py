@@ -2,7 +2,7 @@
 
 Attach a `UsageMeter` to a piece of work (a query, a sync job) with `with meter.attach():`;
 every Workers AI call made inside it (tasks it starts included: they copy the context) adds to
-that meter and to the process-wide `TOTAL`, and logs one line (model, tokens, cost; no secrets).
+that meter and logs one line (model, tokens, cost; no secrets).
 """
 
 from __future__ import annotations
@@ -99,16 +99,15 @@ class UsageMeter:
         return totals
 
 
-TOTAL = UsageMeter()
 _ATTACHED: contextvars.ContextVar[tuple[UsageMeter, ...]] = contextvars.ContextVar(
     "ragd_usage_meters", default=()
 )
 
 
 def record_call(model: str, input_tokens: int, output_tokens: int = 0) -> None:
-    """Add one call to `TOTAL` and every attached meter, and log it."""
+    """Add one call to every attached meter, and log it."""
     usd = estimate_usd(model, input_tokens, output_tokens)
-    for meter in (TOTAL, *_ATTACHED.get()):
+    for meter in _ATTACHED.get():
         meter.add(model, input_tokens, output_tokens, usd)
     cost = "unpriced" if usd is None else f"~{usd_to_neurons(usd):.2f} neurons (${usd:.6f})"
     log.info("workers-ai %s: %d tokens in, %d out, %s", model, input_tokens, output_tokens, cost)
