@@ -6,12 +6,10 @@ import asyncio
 import shutil
 from typing import Any
 
-from sqlalchemy import select, update
-
 from rag_service import instances, records
 from rag_service.errors import InvalidRequest
 from rag_service.instance_registry import normalise_source
-from rag_service.models import Instance, Item
+from rag_service.models import Instance
 from rag_service.runtime import Runtime
 from rag_service.uploads import uploads_dir
 
@@ -54,15 +52,13 @@ async def update_instance(
         old = instances.instance_config(row)
         cfg = instances.validate_config({**row.config, **changes})
         changed = {f for f in REINDEX_FIELDS | MODEL_FIELDS if getattr(old, f) != getattr(cfg, f)}
-        has_chunks = Item.instance_id == instance_id, Item.chunks_count > 0
-        if changed & MODEL_FIELDS and await session.scalar(select(Item.id).where(*has_chunks)):
+        if changed & MODEL_FIELDS and await records.has_indexed_items(session, instance_id):
             raise InvalidRequest(
                 "the embedding model and pooling of an instance cannot change once it has "
                 "indexed items: create a new instance instead"
             )
         if changed & REINDEX_FIELDS:
-            completed = Item.instance_id == instance_id, Item.status == "completed"
-            await session.execute(update(Item).where(*completed).values(status="outdated"))
+            await records.mark_outdated(session, instance_id)
         row.config = cfg.model_dump(mode="json")
         if source:
             row.source = normalise_source(source)

@@ -224,6 +224,31 @@ async def create_instance(
     return row
 
 
+async def find_instances(
+    sessions: Sessions, search: str | None, newest_first: bool
+) -> list[Instance]:
+    """Instances by creation time, their ids containing `search` when given."""
+    order = Instance.created_at.desc() if newest_first else Instance.created_at
+    query = select(Instance).order_by(order, Instance.id)
+    if search:
+        query = query.where(Instance.id.contains(search.lower(), autoescape=True))
+    async with sessions() as session:
+        return list((await session.scalars(query)).all())
+
+
+async def has_indexed_items(session: AsyncSession, instance_id: str) -> bool:
+    found = await session.scalar(
+        select(Item.id).where(Item.instance_id == instance_id, Item.chunks_count > 0).limit(1)
+    )
+    return found is not None
+
+
+async def mark_outdated(session: AsyncSession, instance_id: str) -> None:
+    """Completed items must be indexed again (their chunking or metadata settings changed)."""
+    completed = Item.instance_id == instance_id, Item.status == "completed"
+    await session.execute(update(Item).where(*completed).values(status="outdated"))
+
+
 # Reading back
 
 
@@ -381,6 +406,36 @@ async def count_by_status(
         .group_by(model.status)
     )
     return {status: int(n) for status, n in rows.all()}
+
+
+async def item_errors(sessions: Sessions, instance_id: str, limit: int) -> dict[str, str]:
+    """The first `limit` items in error, by key, with their reasons."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Item.key, Item.error)
+            .where(Item.instance_id == instance_id, Item.status == "error")
+            .order_by(Item.key)
+            .limit(limit)
+        )
+        return {key: error or "" for key, error in rows.all()}
+
+
+async def job_counts(sessions: Sessions, instance_id: str) -> list[dict[str, Any]]:
+    """Every job's counts (with its Workers AI usage under `usage`)."""
+    async with sessions() as session:
+        rows = await session.scalars(select(Job.counts).where(Job.instance_id == instance_id))
+        return list(rows.all())
+
+
+async def item_status_counts(sessions: Sessions) -> list[tuple[str, str, int]]:
+    """(instance, status, items) over every instance."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Item.instance_id, Item.status, func.count()).group_by(
+                Item.instance_id, Item.status
+            )
+        )
+        return [(instance, status, int(n)) for instance, status, n in rows.all()]
 
 
 async def last_activity(sessions: Sessions, instance_id: str) -> datetime | None:

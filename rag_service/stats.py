@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
-
 from rag_service import records
-from rag_service.models import ITEM_STATUSES, Item, Job
+from rag_service.models import ITEM_STATUSES, Item
 from rag_service.providers.protocols import VectorIndex
 
 ERRORS_SHOWN = 50
@@ -18,24 +16,16 @@ async def instance_stats(
     sessions: records.Sessions, instance_id: str, index: VectorIndex
 ) -> dict[str, Any]:
     """AI Search's stats: counts per item status, errors by file, vectors in the index."""
+    counts: dict[str, int] = dict.fromkeys(ITEM_STATUSES, 0)
     async with sessions() as session:
-        counts: dict[str, int] = dict.fromkeys(ITEM_STATUSES, 0)
         counts.update(await records.count_by_status(session, Item, instance_id))
-        errors = await session.execute(
-            select(Item.key, Item.error)
-            .where(Item.instance_id == instance_id, Item.status == "error")
-            .order_by(Item.key)
-            .limit(ERRORS_SHOWN)
-        )
-        file_errors = {key: error or "" for key, error in errors.all()}
-        usages = await session.scalars(select(Job.counts).where(Job.instance_id == instance_id))
-        usage = sum_usage(counts.get("usage") or {} for counts in usages.all())
+    jobs = await records.job_counts(sessions, instance_id)
     return {
         **counts,
         "last_activity": await records.last_activity(sessions, instance_id),
-        "file_embed_errors": file_errors,
+        "file_embed_errors": await records.item_errors(sessions, instance_id, ERRORS_SHOWN),
         "index_source_errors": {},
-        "usage": usage,
+        "usage": sum_usage(job.get("usage") or {} for job in jobs),
         "engine": {
             "vectorize": {"dimensions": index.spec.dimensions, "vectorsCount": await index.count()}
         },

@@ -7,9 +7,8 @@ from typing import Any, Literal
 from litestar import Controller, Request, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
-from sqlalchemy import select
 
-from rag_service import instance_changes, instances
+from rag_service import instance_changes, instances, records
 from rag_service.api.errors import envelope
 from rag_service.api.paging import check_page, paged
 from rag_service.api.requests import read_object
@@ -18,7 +17,6 @@ from rag_service.errors import Conflict, InvalidRequest
 from rag_service.instances import InstanceConfig
 from rag_service.job_runner import JobRunner
 from rag_service.models import Instance
-from rag_service.records import last_activity
 from rag_service.runtime import Runtime
 from rag_service.stats import instance_stats
 
@@ -57,7 +55,9 @@ def _notes(unused: list[str]) -> list[dict[str, Any]]:
 
 async def view(runtime: Runtime, row: Instance) -> dict[str, Any]:
     cfg = instances.instance_config(row)
-    return instance_view(row, cfg, runtime.settings, await last_activity(runtime.sessions, row.id))
+    return instance_view(
+        row, cfg, runtime.settings, await records.last_activity(runtime.sessions, row.id)
+    )
 
 
 class InstancesController(Controller):
@@ -77,12 +77,9 @@ class InstancesController(Controller):
         check_page(page, per_page)
         if namespace not in (None, NAMESPACE):
             return paged([], page, per_page, 0)
-        order = Instance.created_at.desc() if order_by_direction == "desc" else Instance.created_at
-        query = select(Instance).order_by(order, Instance.id)
-        if search:
-            query = query.where(Instance.id.contains(search.lower(), autoescape=True))
-        async with runtime.sessions() as session:
-            rows = list((await session.scalars(query)).all())
+        rows = await records.find_instances(
+            runtime.sessions, search, newest_first=order_by_direction == "desc"
+        )
         start = (page - 1) * per_page
         shown = [await view(runtime, r) for r in rows[start : start + per_page]]
         return paged(shown, page, per_page, len(rows))

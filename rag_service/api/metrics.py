@@ -16,9 +16,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from sqlalchemy import func, select
 
-from rag_service.models import Item
+from rag_service import records
 from rag_service.runtime import Runtime
 
 
@@ -70,14 +69,9 @@ class Metrics:
         return measure
 
     async def refresh(self, runtime: Runtime) -> None:
-        async with runtime.sessions() as session:
-            rows = await session.execute(
-                select(Item.instance_id, Item.status, func.count()).group_by(
-                    Item.instance_id, Item.status
-                )
-            )
+        rows = await records.item_status_counts(runtime.sessions)
         self.items.clear()
-        for instance, status, n in rows.all():
+        for instance, status, n in rows:
             self.items.labels(instance, status).set(n)
 
 

@@ -36,6 +36,17 @@ class QueryOptions:
     cache_threshold: CacheThreshold | None = None
 
 
+# The request's fields that override the instance's retrieval settings one to one.
+RETRIEVAL_OVERRIDES = (
+    "retrieval_type",
+    "fusion_method",
+    "keyword_match_mode",
+    "match_threshold",
+    "max_num_results",
+    "filters",
+)
+
+
 @dataclass(frozen=True)
 class RewriteOptions:
     model: str | None = None  # None: the instance's rewrite_model, else the answer model
@@ -74,16 +85,9 @@ def retrieval_options(cfg: InstanceConfig, **overrides: Any) -> RetrievalOptions
 
 def plan_query(cfg: InstanceConfig, o: QueryOptions) -> Plan:
     """The request's options over the instance's settings."""
-    retrieval = retrieval_options(
-        cfg,
-        retrieval_type=o.retrieval_type,
-        fusion_method=o.fusion_method,
-        keyword_match_mode=o.keyword_match_mode,
-        match_threshold=o.match_threshold,
-        max_num_results=o.max_num_results,
-        filters=o.filters,
-        boost_by=None if o.boost_by is None else cfg.boosts(o.boost_by),
-    )
+    overrides = {name: getattr(o, name) for name in RETRIEVAL_OVERRIDES}
+    boosts = None if o.boost_by is None else cfg.boosts(o.boost_by)
+    retrieval = retrieval_options(cfg, **overrides, boost_by=boosts)
     return Plan(
         retrieval,
         o.context_expansion,
