@@ -14,7 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from rag_service.errors import Conflict, InvalidRequest, NotFound
 from rag_service.ingest.index import folder_of
 from rag_service.instances import INSTANCE_ID, validate_config
-from rag_service.models import FINAL_ITEM_STATUSES, Instance, Item, ItemStatus, Job, JobLog, utcnow
+from rag_service.models import (
+    FINAL_ITEM_STATUSES,
+    Instance,
+    Item,
+    ItemStatus,
+    Job,
+    JobLog,
+    JobStatus,
+    utcnow,
+)
 from rag_service.paging import count_and_page
 from rag_service.providers.filters import NormFilter, matches
 from rag_service.providers.protocols import ObjectInfo
@@ -101,7 +110,7 @@ async def set_job_usage(sessions: Sessions, job_id: str, usage: dict[str, Any]) 
 
 
 async def finish_job(
-    sessions: Sessions, job_id: str, status: str, end_reason: str, counts: dict[str, Any]
+    sessions: Sessions, job_id: str, status: JobStatus, end_reason: str, counts: dict[str, Any]
 ) -> None:
     async with sessions() as session, session.begin():
         now = utcnow()
@@ -136,7 +145,7 @@ async def end_item(
     sessions: Sessions,
     item_id: str,
     info: ObjectInfo,
-    status: str,
+    status: ItemStatus,
     *,
     chunks_count: int = 0,
     error: str | None = None,

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from rag_service import records
 from rag_service.errors import ExtractError, NoTextError, ObjectTooLarge, RagError
@@ -18,7 +19,7 @@ from rag_service.ingest.fetch import SizeLimits, fetch_object
 from rag_service.ingest.index import custom_fields, delete_chunks, index_chunks
 from rag_service.ingest.retry import retry_transient
 from rag_service.instances import InstanceConfig
-from rag_service.models import Item
+from rag_service.models import Item, ItemStatus
 from rag_service.providers.protocols import (
     Embedder,
     MetadataValue,
@@ -62,7 +63,7 @@ class SyncContext:
 @dataclass(frozen=True)
 class Outcome:
     info: ObjectInfo
-    status: str  # completed | error | skipped
+    status: ItemStatus | Literal["deleted"]  # completed | error | skipped, or gone
     detail: str  # the chunk count, or why the item failed
     retry: bool = False  # failed for a reason that may pass (the document itself is fine)
 
@@ -163,6 +164,7 @@ async def index_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str) -
 
 async def _unreadable(ctx: SyncContext, info: ObjectInfo, job_id: str, exc: Exception) -> Outcome:
     """Record an item that could not be read; its old text (if any) must stop answering."""
+    status: ItemStatus
     if isinstance(exc, RagError):
         status = "skipped" if isinstance(exc, NoTextError) else "error"
         # A document that cannot be read keeps its etag (not retried until it changes); a

@@ -25,7 +25,7 @@ from rag_service.ingest.items import (
 )
 from rag_service.ingest.list import list_source
 from rag_service.ingest.retry import retry_transient
-from rag_service.models import Item, utcnow
+from rag_service.models import Item, JobStatus, utcnow
 from rag_service.providers.protocols import ObjectInfo
 from rag_service.providers.usage import UsageMeter
 from rag_service.retrieve.cache import invalidate_items
@@ -38,7 +38,7 @@ __all__ = ["SyncContext", "SyncProgress", "SyncResult", "delete_one", "index_one
 @dataclass
 class SyncResult:
     job_id: str
-    status: str  # completed | failed
+    status: JobStatus  # completed | failed
     end_reason: str
     counts: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
