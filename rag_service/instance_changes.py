@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from pathlib import Path
 from typing import Any
 
 from rag_service import instances, records
+from rag_service.config import Settings
 from rag_service.errors import InvalidRequest
 from rag_service.instance_registry import normalise_source
 from rag_service.models import Instance
@@ -23,8 +25,9 @@ async def create_instance(
 ) -> Instance:
     """Without a source the instance reads its own uploads folder (AI Search's managed
     upload-only instances)."""
+    instances.check_instance_id(instance_id)  # before it names a folder
     if source:
-        chosen = normalise_source(source)
+        chosen = confined_source(runtime.settings, source, config.get("type"))
     else:
         folder = uploads_dir(runtime.settings, instance_id)
         chosen = str(folder)
@@ -61,9 +64,29 @@ async def update_instance(
             await records.mark_outdated(session, instance_id)
         row.config = cfg.model_dump(mode="json")
         if source:
-            row.source = normalise_source(source)
+            row.source = confined_source(runtime.settings, source, cfg.type)
     runtime.instances.forget(instance_id)
     return row
+
+
+def confined_source(settings: Settings, source: str, kind: str | None) -> str:
+    """A source an API caller may point an instance at: a bucket (URL, or a bucket name with
+    type r2/s3), or a folder under the operator's roots once symlinks are resolved, never the
+    data dir (its database, indexes, tokens and other instances' uploads)."""
+    chosen = normalise_source(source, kind)
+    if "://" in chosen or kind in ("r2", "s3"):
+        return chosen
+    folder = Path(chosen)
+    data_dir = settings.data_dir.resolve()
+    inside = [root for root in settings.folder_roots() if folder.is_relative_to(root)]
+    holds_data = folder.is_relative_to(data_dir) or data_dir.is_relative_to(folder)
+    if holds_data or not inside:
+        raise InvalidRequest(
+            f"source folder {source!r} is not one this server may read: folders must be under "
+            "RAGD_SOURCE_ROOTS (set by the operator); create an instance without a source to "
+            "upload files instead"
+        )
+    return chosen
 
 
 async def delete_instance(runtime: Runtime, instance_id: str) -> Instance:

@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rag_service import instances, records
+from rag_service.config import SAMPLE_DOCS
 from rag_service.instances import InstanceConfig
 from rag_service.models import Instance
 
-SAMPLE_DOCS = Path(__file__).resolve().parent / "sample_docs"
 DEFAULT_INSTANCE = "default"
 # How long the query path trusts an instance's settings without reading them again. Changes made
 # through this process apply at once; another process's changes within this many seconds.
@@ -22,9 +22,12 @@ CONFIG_TTL_S = 2.0
 Sessions = async_sessionmaker[AsyncSession]
 
 
-def normalise_source(source: str) -> str:
-    """Folders are stored as absolute paths; URLs (s3://...) as given."""
-    return source if "://" in source else str(Path(source).expanduser().resolve())
+def normalise_source(source: str, kind: str | None = None) -> str:
+    """Folders are stored as absolute paths; URLs (s3://...) and bucket names (type r2 or s3,
+    as AI Search names an R2 source) as given."""
+    if "://" in source or kind in ("r2", "s3"):
+        return source
+    return str(Path(source).expanduser().resolve())
 
 
 class InstanceRegistry:

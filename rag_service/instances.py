@@ -13,7 +13,7 @@ from rag_service.models import Instance
 from rag_service.retrieve.boost import MAX_BOOSTS, Boost, Direction, resolve_boosts
 
 SYNC_INTERVALS = (900, 1800, 3600, 7200, 14400, 21600, 43200, 86400)
-INSTANCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+INSTANCE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: no trailing newline
 
 
 class IndexMethod(BaseModel):
@@ -115,6 +115,14 @@ class InstanceConfig(BaseModel):
     @property
     def overlap_tokens(self) -> int:
         return self.chunk_size * self.chunk_overlap // 100
+
+
+def check_instance_id(instance_id: str) -> str:
+    if not INSTANCE_ID.fullmatch(instance_id):
+        raise InvalidRequest(
+            "instance id must be 1-64 lowercase letters, digits, '-' or '_', starting alphanumeric"
+        )
+    return instance_id
 
 
 def instance_config(row: Instance) -> InstanceConfig:

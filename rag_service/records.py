@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import Select, case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from rag_service.errors import Conflict, InvalidRequest, NotFound
+from rag_service.errors import Conflict, NotFound
 from rag_service.ingest.index import folder_of
-from rag_service.instances import INSTANCE_ID, validate_config
+from rag_service.instances import check_instance_id, validate_config
 from rag_service.models import (
     FINAL_ITEM_STATUSES,
     Instance,
@@ -220,10 +220,7 @@ async def list_instances(session: AsyncSession) -> Sequence[Instance]:
 async def create_instance(
     session: AsyncSession, instance_id: str, source: str, config: dict[str, Any]
 ) -> Instance:
-    if not INSTANCE_ID.match(instance_id):
-        raise InvalidRequest(
-            "instance id must be 1-64 lowercase letters, digits, '-' or '_', starting alphanumeric"
-        )
+    check_instance_id(instance_id)
     if await session.get(Instance, instance_id) is not None:
         raise Conflict(f"instance {instance_id!r} already exists")
     cfg = validate_config(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 from rag_service.config import Settings
@@ -23,6 +24,8 @@ def uploads_dir(settings: Settings, instance_id: str) -> Path:
 def safe_key(key: str) -> str:
     """An object key that stays inside its folder: relative, no `..`, no empty parts."""
     parts = PurePosixPath(key.replace("\\", "/")).parts
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in key):
+        raise InvalidRequest("invalid item key: control and format characters are not allowed")
     if not key.strip() or key.startswith("/") or any(p.startswith(".") for p in parts):
         raise InvalidRequest(
             f"invalid item key {key!r}: use a relative path like 'docs/guide.md' with no part "
@@ -33,19 +36,17 @@ def safe_key(key: str) -> str:
     return "/".join(parts)
 
 
-def folder_of_instance(row: Instance) -> Path:
-    """The folder behind an instance; uploads and downloads need one."""
-    if "://" in row.source or not row.source.startswith("/"):
+async def save_upload(
+    settings: Settings, row: Instance, cfg: InstanceConfig, key: str, data: bytes
+) -> str:
+    """Write an uploaded file into the instance's managed upload area (never into a folder of
+    the user's); returns the item key."""
+    folder = uploads_dir(settings, row.id)
+    if row.source != str(folder):
         raise InvalidRequest(
-            f"instance {row.id!r} reads a bucket ({row.source}): upload objects to the bucket "
-            "itself; uploads here need an instance created without a source or on a folder"
+            f"instance {row.id!r} reads {'a bucket' if '://' in row.source else 'a folder'} of "
+            "its own: put files there; uploads go to instances created without a source"
         )
-    return Path(row.source)
-
-
-async def save_upload(row: Instance, cfg: InstanceConfig, key: str, data: bytes) -> str:
-    """Write an uploaded file into the instance's folder; returns the item key."""
-    folder = folder_of_instance(row)
     key = safe_key(key)
     prefix = cfg.source_params.prefix.lstrip("/")
     key = key if key.startswith(prefix) else prefix + key
@@ -53,6 +54,8 @@ async def save_upload(row: Instance, cfg: InstanceConfig, key: str, data: bytes)
 
     def write() -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.resolve().is_relative_to(folder):
+            raise InvalidRequest(f"invalid item key {key!r}: it leads out of the upload area")
         tmp = target.with_name(f".{target.name}.upload")
         tmp.write_bytes(data)
         os.replace(tmp, target)

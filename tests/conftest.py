@@ -49,7 +49,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url, api_tokens="test-token")
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        api_tokens="test-token",
+        source_roots=[tmp_path],  # the tests' source folders
+    )
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import mimetypes
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import UploadFile
@@ -68,6 +70,19 @@ async def index_key(
         return envelope(item_view(await records.get_item(runtime.sessions, instance_id, item_id)))
     except NotFound:
         raise NotFound(f"{key!r} is not in the instance's source") from None
+
+
+def content_type(key: str) -> str:
+    guessed, _ = mimetypes.guess_type(key)
+    return guessed or "application/octet-stream"
+
+
+def attachment(name: str) -> str:
+    """RFC 6266: an ASCII fallback name and the exact one, percent-encoded UTF-8."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def metadata_filter(raw: str | None) -> Any:
@@ -148,7 +163,7 @@ class ItemsController(Controller):
                 f"{upload.filename} is {len(data)} bytes, over the "
                 f"{limits.cap_for(upload.filename)} byte limit for its type"
             )
-        key = await uploads.save_upload(row, cfg, upload.filename, data)
+        key = await uploads.save_upload(runtime.settings, row, cfg, upload.filename, data)
         wait = str(form.get("wait_for_completion", "")).lower() in ("true", "1")
         return await index_key(runtime, jobs, instance_id, key, wait)
 
@@ -223,12 +238,15 @@ class ItemsController(Controller):
         self, runtime: NamedDependency[Runtime], instance_id: FromPath[str], item_id: FromPath[str]
     ) -> Response[bytes]:
         item = await records.get_item(runtime.sessions, instance_id, item_id)
+        if item.status != "completed":
+            raise InvalidRequest(
+                f"item {item_id!r} is {item.status}: only indexed items can be downloaded"
+            )
         row, cfg = await runtime.instances.get(instance_id)
         limits = SizeLimits(runtime.settings.max_file_bytes, runtime.settings.max_text_file_bytes)
         data = await runtime.providers.source(row, cfg).fetch(item.key, limits.cap_for(item.key))
-        name = item.key.rsplit("/", 1)[-1].replace('"', "")
         return Response(
             data,
-            media_type="application/octet-stream",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            media_type=content_type(item.key),
+            headers={"Content-Disposition": attachment(item.key.rsplit("/", 1)[-1])},
         )

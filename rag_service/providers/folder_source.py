@@ -40,10 +40,11 @@ class FolderSource:
             return None
         try:
             st = path.stat()
-        except OSError:
-            return None  # vanished between walk and stat
-        if not path.is_file():
-            return None
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None  # vanished between walk and stat, or a symlink loop
+        if not path.is_file() or not real.is_relative_to(self.root):
+            return None  # a symlink out of the folder is not the folder's
         # A cheap change signature, as S3's ETag is: size and mtime in nanoseconds.
         etag = hashlib.md5(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
         return ObjectInfo(key, etag, st.st_size, st.st_mtime)

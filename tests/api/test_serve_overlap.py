@@ -59,17 +59,17 @@ async def test_an_upload_during_a_worker_sync_waits_and_both_are_done(
 ) -> None:
     settings.redis_url = REDIS_URL
     settings.ingest_window_chunks = 2
-    src = tmp_path / "src"
-    src.mkdir()
-    for n in range(DOCS):
-        (src / f"doc{n:02}.md").write_text(f"Document {n} is about topic number {n}.")
     embedder = SlowEmbedder()
     api_rt, worker_rt = runtime(settings, embedder), runtime(settings, embedder)
     worker = build_worker(settings, runtime=worker_rt, handle_signals=False, poll_delay=0.05)
     worker.health_check_interval = 0.2
     app = create_app(settings, api_rt, job_runner="queue")
     async with serve(app) as url, httpx.AsyncClient(base_url=url, headers=AUTH) as http:
-        await api_rt.instances.ensure("docs", str(src))
+        created = await http.post("/accounts/a/ai-search/instances", json={"id": "docs"})
+        assert created.status_code == 200, created.text  # uploads go to its managed folder
+        for n in range(DOCS):
+            path = settings.instance_dir("docs") / "uploads" / f"doc{n:02}.md"
+            path.write_text(f"Document {n} is about topic number {n}.")
         running = asyncio.create_task(worker.main())
         try:
             job_id = (await http.post(f"{BASE}/jobs")).json()["result"]["id"]
