@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     generation_api_key: SecretStr | None = None
     generation_max_tokens: int = 256
     reranking_model: str | None = None
+    # Models that requests and instances may name, besides the ones above and the Workers AI
+    # models ragd supports (comma-separated HF ids, paths or server model names).
+    allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Limits (AI Search's, raisable by a self-hoster).
     max_file_bytes: int = 4 * 1024 * 1024
@@ -81,7 +84,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown setting: {', '.join(hints)}; unset it or fix its name")
         return self
 
-    @field_validator("api_tokens", "source_roots", mode="before")
+    @field_validator("api_tokens", "source_roots", "allowed_models", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):

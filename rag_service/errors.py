@@ -39,6 +39,13 @@ class Conflict(RagError):
     code = 7003
 
 
+class ClientGone(RagError):
+    """The client closed the connection: nobody is left to read the response."""
+
+    status_code = 499  # nginx's "client closed request"
+    code = 7004
+
+
 class SourceError(RagError):
     """The object source (folder, S3, R2) failed or refused an object."""
 

@@ -26,6 +26,7 @@ async def create_instance(
     """Without a source the instance reads its own uploads folder (AI Search's managed
     upload-only instances)."""
     instances.check_instance_id(instance_id)  # before it names a folder
+    check_models(runtime, instances.validate_config(config))
     if source:
         chosen = confined_source(runtime.settings, source, config.get("type"))
     else:
@@ -60,6 +61,7 @@ async def update_instance(
                 "the embedding model and pooling of an instance cannot change once it has "
                 "indexed items: create a new instance instead"
             )
+        check_models(runtime, cfg)
         if changed & REINDEX_FIELDS:
             await records.mark_outdated(session, instance_id)
         row.config = cfg.model_dump(mode="json")
@@ -67,6 +69,12 @@ async def update_instance(
             row.source = confined_source(runtime.settings, source, cfg.type)
     runtime.instances.forget(instance_id)
     return row
+
+
+def check_models(runtime: Runtime, cfg: instances.InstanceConfig) -> None:
+    """The models an instance names must be ones the operator allows."""
+    for name in (cfg.embedding_model, cfg.ai_search_model, cfg.rewrite_model, cfg.reranking_model):
+        runtime.providers.check_model(name)
 
 
 def confined_source(settings: Settings, source: str, kind: str | None) -> str:

@@ -4,18 +4,25 @@ each product made once per process and kept. Tests and the CLI pass their own fa
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from rag_service.config import Settings
-from rag_service.errors import InvalidRequest
+from rag_service.config import LOCAL_EMBEDDING_MODEL, Settings
+from rag_service.errors import BackendError, InvalidRequest, RagError
 from rag_service.instances import InstanceConfig
 from rag_service.models import Instance
-from rag_service.providers.cloudflare.workers_ai import WORKERS_AI_RERANKING_MODEL
+from rag_service.providers.cloudflare.workers_ai import (
+    CONTEXT_WINDOWS,
+    EMBEDDING_DIMENSIONS,
+    WORKERS_AI_RERANKING_MODEL,
+)
 from rag_service.providers.folder_source import FolderSource
 from rag_service.providers.globs import PathFilter
+from rag_service.providers.local_models import DEFAULT_LOCAL_RERANKING_MODEL, SMOLLM2
 from rag_service.providers.protocols import (
     Embedder,
     Generator,
@@ -29,6 +36,8 @@ EmbedderFactory = Callable[[str, str | None], Embedder]  # (model, pooling)
 GeneratorFactory = Callable[[InstanceConfig], Generator]
 RerankerFactory = Callable[[str], Reranker]  # a local cross-encoder by HF id or path
 
+log = logging.getLogger("ragd.providers")
+FAILED_LOAD_TTL_S = 60.0  # a model that failed to load is not tried again for this long
 K = TypeVar("K")
 P = TypeVar("P")
 # transformers' lazy module is not safe to import from two threads at once; loading is.
@@ -56,6 +65,30 @@ class Providers:
         self._rerankers: dict[str, Reranker] = {}
         self._indexes: dict[str, VectorIndex] = {}
         self._loading = asyncio.Lock()  # model loads take seconds: one at a time
+        self._failed: dict[str, tuple[float, RagError]] = {}
+        self.allowed_models = frozenset(
+            {
+                settings.embedding_model,
+                LOCAL_EMBEDDING_MODEL,
+                settings.generation_model,
+                SMOLLM2,
+                settings.reranking_model or DEFAULT_LOCAL_RERANKING_MODEL,
+                DEFAULT_LOCAL_RERANKING_MODEL,
+                WORKERS_AI_RERANKING_MODEL,
+                *EMBEDDING_DIMENSIONS,
+                *CONTEXT_WINDOWS,
+                *settings.allowed_models,
+            }
+        )
+
+    def check_model(self, name: str | None) -> None:
+        """A model a request or an instance names must be one the operator allows: no
+        filesystem paths or hub ids of the caller's choosing (each would load another copy)."""
+        if name and name not in self.allowed_models:
+            raise InvalidRequest(
+                f"model {name!r} is not available here: the operator lists the models this "
+                "server may load in RAGD_ALLOWED_MODELS"
+            )
         self._opening_index = asyncio.Lock()
 
     async def embedder(self, cfg: InstanceConfig) -> Embedder:
@@ -63,43 +96,36 @@ class Providers:
         if cfg.backend == "cloudflare":
             cf_key = ("@cloudflare", cfg.embedding_model)
             return self._kept(self._embedders, cf_key, lambda: self._cloudflare_embedder(cfg))
+        self.check_model(cfg.embedding_model)
         model = cfg.embedding_model or self.settings.embedding_model
         pooling = cfg.embedding_pooling or self.settings.embedding_pooling
-        key = (model, pooling)
-        async with self._loading:
-            if key not in self._embedders:
-                self._embedders[key] = await asyncio.to_thread(
-                    self._embedder_factory, model, pooling
-                )
-        return self._embedders[key]
+        return await self._load(
+            self._embedders, (model, pooling), model, lambda: self._embedder_factory(model, pooling)
+        )
 
     async def generator(self, cfg: InstanceConfig, model: str | None = None) -> Generator:
         """The answer model: `model`, else the instance's, else the settings' default."""
+        self.check_model(model or cfg.ai_search_model)
         if model:
             cfg = cfg.model_copy(update={"ai_search_model": model})
         if cfg.backend == "cloudflare":
             name = f"@cloudflare:{cfg.ai_search_model}"
             return self._kept(self._generators, name, lambda: self._cloudflare_generator(cfg))
         name = cfg.ai_search_model or self.settings.generation_model
-        async with self._loading:
-            if name not in self._generators:
-                self._generators[name] = await asyncio.to_thread(self._generator_factory, cfg)
-        return self._generators[name]
+        return await self._load(self._generators, name, name, lambda: self._generator_factory(cfg))
 
     async def reranker(self, cfg: InstanceConfig, model: str | None = None) -> Reranker:
         """Workers AI for `@cf/` models and cloudflare instances, else a local cross-encoder
         (`model`, the instance's `reranking_model`, RAGD_RERANKING_MODEL or bge-reranker-base)."""
+        self.check_model(model or cfg.reranking_model)
         name = model or cfg.reranking_model or self.settings.reranking_model
         if cfg.backend == "cloudflare" or (name or "").startswith("@cf/"):
             cf_name = name if name and name.startswith("@cf/") else WORKERS_AI_RERANKING_MODEL
             return self._kept(self._rerankers, cf_name, lambda: self._cloudflare_reranker(cf_name))
-        from rag_service.providers.local_reranker import DEFAULT_LOCAL_RERANKING_MODEL
-
-        name = name or DEFAULT_LOCAL_RERANKING_MODEL
-        async with self._loading:
-            if name not in self._rerankers:
-                self._rerankers[name] = await asyncio.to_thread(self._reranker_factory, name)
-        return self._rerankers[name]
+        local = name or DEFAULT_LOCAL_RERANKING_MODEL
+        return await self._load(
+            self._rerankers, local, local, lambda: self._reranker_factory(local)
+        )
 
     async def index(self, instance_id: str, cfg: InstanceConfig) -> VectorIndex:
         """One open index per instance per process (a second one would hold stale vectors)."""
@@ -128,6 +154,28 @@ class Providers:
         if row.source.startswith("s3://") or cfg.type in ("r2", "s3"):
             return self._s3_source(row.source, cfg, path_filter)
         return FolderSource(Path(row.source), params.prefix, path_filter)
+
+    async def _load(self, kept: dict[K, P], key: K, name: str, make: Callable[[], P]) -> P:
+        """Load once, in a thread, one load at a time. A failure is remembered for
+        FAILED_LOAD_TTL_S (every request would otherwise wait for it again) and reported
+        without the library's own text, which names files."""
+        async with self._loading:
+            if key in kept:
+                return kept[key]
+            failed = self._failed.get(name)
+            if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_TTL_S:
+                raise failed[1]
+            try:
+                kept[key] = await asyncio.to_thread(make)
+            except RagError as exc:
+                self._failed[name] = (time.monotonic(), exc)
+                raise
+            except Exception as exc:  # any library error while loading
+                log.error("loading model %r failed: %s", name, exc)
+                error = BackendError(f"model {name!r} could not be loaded (see the server log)")
+                self._failed[name] = (time.monotonic(), error)
+                raise error from None
+            return kept[key]
 
     @staticmethod
     def _kept(kept: dict[K, P], key: K, make: Callable[[], P]) -> P:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -17,12 +18,38 @@ from rag_service.api.options import ChatRequest, SearchRequest, note_messages
 from rag_service.api.requests import read_json
 from rag_service.api.shapes import aisearch_chunk, aisearch_search_result
 from rag_service.api.sse import DONE, event_stream, sse
+from rag_service.errors import ClientGone
 from rag_service.providers.protocols import Usage
 from rag_service.query.pipeline import Answer
 from rag_service.retrieve.search import ScoredChunk
 from rag_service.runtime import Runtime
 
 CACHE_STATUS = "cf-aig-cache-status"  # AI Search's header: HIT or MISS
+
+
+async def whole_answer(request: Request[Any, Any, Any], reply: Answer) -> str:
+    """The answer in one piece, unless the client hangs up first: then generation stops (a
+    model left writing for nobody slows every other answer) and the request ends."""
+
+    async def write() -> str:
+        async with contextlib.aclosing(reply.pieces) as pieces:
+            return "".join([p async for p in pieces])
+
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    writing, watching = asyncio.create_task(write()), asyncio.create_task(hang_up())
+    try:
+        await asyncio.wait({writing, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (writing, watching):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(writing, watching, return_exceptions=True)
+    if not writing.done() or writing.cancelled():
+        raise ClientGone("the client closed the connection before the answer was written")
+    return writing.result()
 
 
 def cache_headers(reply: Answer) -> dict[str, str]:
@@ -106,8 +133,7 @@ class SearchController(Controller):
         )
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if not body.stream:
-            async with contextlib.aclosing(reply.pieces) as pieces:
-                text = "".join([p async for p in pieces])
+            text = await whole_answer(request, reply)
             body_ = completion(completion_id, reply.model, text, reply.used, reply.usage)
             return Response(body_, headers=cache_headers(reply))
         return event_stream(streamed(completion_id, reply), cache_headers(reply))

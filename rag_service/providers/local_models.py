@@ -17,6 +17,7 @@ from rag_service.config import LOCAL_EMBEDDING_MODEL
 from rag_service.errors import BackendError
 
 SMOLLM2 = "smollm2"
+DEFAULT_LOCAL_RERANKING_MODEL = "BAAI/bge-reranker-base"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

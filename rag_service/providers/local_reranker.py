@@ -16,9 +16,12 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rag_service.errors import BackendError
-from rag_service.providers.local_models import length_batches, torch_threads
+from rag_service.providers.local_models import (
+    DEFAULT_LOCAL_RERANKING_MODEL,
+    length_batches,
+    torch_threads,
+)
 
-DEFAULT_LOCAL_RERANKING_MODEL = "BAAI/bge-reranker-base"
 _MAX_TOKENS_CAP = 512
 
 

@@ -91,7 +91,12 @@ async def test_reranking_reorders_scores_and_cuts_at_its_threshold(rig: Rig) -> 
 
 
 async def test_reranking_with_no_loadable_model_is_a_clear_error(rig: Rig) -> None:
-    body = {"query": "x", "ai_search_options": {"reranking": {"enabled": True, "model": "@cf/a"}}}
+    body = {
+        "query": "x",
+        "ai_search_options": {
+            "reranking": {"enabled": True, "model": "@cf/baai/bge-reranker-base"}
+        },
+    }
     resp = await rig.http.post(f"{INSTANCE}/search", json=body, headers=AUTH)
     assert_error(resp, 400, "RAGD_CLOUDFLARE_API_TOKEN")
 

@@ -69,7 +69,9 @@ async def test_runtime_picks_workers_ai_or_a_local_cross_encoder(tmp_path: Path)
         loaded.append(model)
         return WordReranker("x", model)
 
-    settings = Settings(data_dir=tmp_path, reranking_model="my/cross-encoder")
+    settings = Settings(
+        data_dir=tmp_path, reranking_model="my/cross-encoder", allowed_models="/m,other/model"
+    )
     async with Runtime(settings, Providers(settings, reranker_factory=factory)) as rt:
         local = InstanceConfig()
         assert (await rt.providers.reranker(local)).model_id == "my/cross-encoder"
