@@ -47,10 +47,16 @@ def _runtime(settings: Settings) -> Runtime:
     return Runtime(settings, make_providers(settings))
 
 
+def _private_files() -> None:
+    """Files this process writes (database, indexes, caches, uploads) are its user's alone."""
+    os.umask(0o077)
+
+
 def _settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
+    _private_files()
     try:
         return Settings(**values)
     except ValidationError as exc:

@@ -40,7 +40,11 @@ class Runtime:
         self._sync_locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> Runtime:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        """The data dir holds the database, every chunk's text and the tokens: its owner alone
+        may enter it (0700), whatever the umask made of it."""
+        data_dir = self.settings.data_dir
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
         await db.upgrade(self.engine)
         return self
 

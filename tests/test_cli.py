@@ -45,9 +45,19 @@ def folder(tmp_path: Path) -> Path:
 def test_sync_search_json_and_resync(tmp_path: Path, folder: Path) -> None:
     data = tmp_path / "data"
     env = {"RAGD_SOURCE": str(folder)}
-    first = ragd("sync", "--inline", data_dir=data, env=env)
+    old_umask = os.umask(0o022)  # a common default: files 0644, readable by everyone
+    try:
+        first = ragd("sync", "--inline", data_dir=data, env=env)
+    finally:
+        os.umask(old_umask)
     assert first.returncode == 0, first.stderr
     assert "2 indexed" in first.stderr and "1 errors" in first.stderr
+    # The data dir (database, chunk text, index) is its owner's alone.
+    assert data.stat().st_mode & 0o777 == 0o700
+    written = [p for p in data.rglob("*")]
+    assert written and all(p.stat().st_mode & 0o077 == 0 for p in written), [
+        (str(p), oct(p.stat().st_mode)) for p in written if p.stat().st_mode & 0o077
+    ]
     assert "broken.docx" in first.stderr and "not a DOCX" in first.stderr
 
     found = ragd("search", "What is the tallest volcano?", "--json", data_dir=data, env=env)
@@ -56,6 +66,9 @@ def test_sync_search_json_and_resync(tmp_path: Path, folder: Path) -> None:
     assert set(result) == {"chunks", "search_query", "query_kind"}
     assert result["chunks"][0]["item"]["key"] == "volcanoes.md"
     assert result["chunks"][0]["scoring_details"]["vector_rank"] == 1
+
+    unknown = ragd("search", "x", data_dir=data, env={**env, "RAGD_BACKNED": "cloudflare"})
+    assert unknown.returncode == 2 and "did you mean RAGD_BACKEND" in unknown.stderr
 
     second = ragd("sync", "--inline", data_dir=data, env=env)
     assert (
