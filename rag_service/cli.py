@@ -134,6 +134,7 @@ def _serve(settings: Settings, host: str, port: int, scheduler: Any, source: str
 
     from rag_service.api.app import create_app
     from rag_service.api.auth import ensure_local_token
+    from rag_service.api.server import server_config
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -158,17 +159,10 @@ def _serve(settings: Settings, host: str, port: int, scheduler: Any, source: str
         else:
             err.print(f"API token: see {where}")
     err.print(f"serving on http://{host}:{port}  (playground: GET /, API schema: GET /schema)")
-    uvicorn.run(
-        create_app(
-            settings,
-            runtime,
-            background=scheduler,
-            job_runner="inline" if scheduler else "queue",
-        ),
-        host=host,
-        port=port,
-        log_level="warning",
+    app = create_app(
+        settings, runtime, background=scheduler, job_runner="inline" if scheduler else "queue"
     )
+    uvicorn.Server(server_config(app, host, port, log_level="warning")).run()
 
 
 @app.command()
