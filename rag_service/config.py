@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     embedding_pooling: Literal["cls", "mean"] | None = None  # None: cls for BGE, mean otherwise
     embedding_query_instruction: str | None = None  # None: BGE's own for BGE, none otherwise
     embedding_batch_size: int = 32
-    generation_model: str = "smollm2"  # "smollm2" (shipped GGUF), an HF id/path, or a GGUF path
+    # The answer model: "extractive" (sentences of the documents, no LLM), "smollm2" (the
+    # shipped GGUF), an HF id/path or a GGUF path, or the model name of RAGD_GENERATION_URL's
+    # server. None: extractive, or the server's "default" model when RAGD_GENERATION_URL is set.
+    generation_model: str | None = None
     generation_url: str | None = None  # an OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1
     generation_api_key: SecretStr | None = None
     generation_max_tokens: int = 256

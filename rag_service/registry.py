@@ -31,6 +31,7 @@ from rag_service.providers.protocols import (
     Reranker,
     VectorIndex,
 )
+from rag_service.retrieve.extractive import EXTRACTIVE_MODEL
 
 EmbedderFactory = Callable[[str, str | None], Embedder]  # (model, pooling)
 GeneratorFactory = Callable[[InstanceConfig], Generator]
@@ -38,6 +39,7 @@ RerankerFactory = Callable[[str], Reranker]  # a local cross-encoder by HF id or
 
 log = logging.getLogger("ragd.providers")
 FAILED_LOAD_TTL_S = 60.0  # a model that failed to load is not tried again for this long
+SERVER_DEFAULT_MODEL = "default"  # sent to RAGD_GENERATION_URL when no model is named
 K = TypeVar("K")
 P = TypeVar("P")
 # transformers' lazy module is not safe to import from two threads at once; loading is.
@@ -70,8 +72,9 @@ class Providers:
             {
                 settings.embedding_model,
                 LOCAL_EMBEDDING_MODEL,
-                settings.generation_model,
+                settings.generation_model or SMOLLM2,
                 SMOLLM2,
+                EXTRACTIVE_MODEL,
                 settings.reranking_model or DEFAULT_LOCAL_RERANKING_MODEL,
                 DEFAULT_LOCAL_RERANKING_MODEL,
                 WORKERS_AI_RERANKING_MODEL,
@@ -111,7 +114,8 @@ class Providers:
         if cfg.backend == "cloudflare":
             name = f"@cloudflare:{cfg.ai_search_model}"
             return self._kept(self._generators, name, lambda: self._cloudflare_generator(cfg))
-        name = cfg.ai_search_model or self.settings.generation_model
+        name = self.generation_name(cfg)
+        cfg = cfg.model_copy(update={"ai_search_model": name})
         return await self._load(self._generators, name, name, lambda: self._generator_factory(cfg))
 
     async def reranker(self, cfg: InstanceConfig, model: str | None = None) -> Reranker:
@@ -262,10 +266,9 @@ class Providers:
         from rag_service.providers.cloudflare import CloudflareAPI, WorkersAIGenerator
         from rag_service.providers.cloudflare.workers_ai import WORKERS_AI_GENERATION_MODEL
 
-        default = self.settings.generation_model
-        model = cfg.ai_search_model or (
-            default if default.startswith("@cf/") else WORKERS_AI_GENERATION_MODEL
-        )
+        default = self.settings.generation_model or ""
+        named = cfg.ai_search_model if cfg.ai_search_model != EXTRACTIVE_MODEL else None
+        model = named or (default if default.startswith("@cf/") else WORKERS_AI_GENERATION_MODEL)
         return WorkersAIGenerator(CloudflareAPI.for_settings(self.settings), model)
 
     def _cloudflare_reranker(self, model: str) -> Reranker:
@@ -296,9 +299,18 @@ class Providers:
 
         return LocalReranker(model)
 
+    def generation_name(self, cfg: InstanceConfig) -> str:
+        """The language model for the instance: its own, the settings', else the server's
+        default model or the shipped SmolLM2 (the extractive answerer is no language model:
+        what needs one, query rewrite, gets these)."""
+        name = cfg.ai_search_model or self.settings.generation_model
+        if name and name != EXTRACTIVE_MODEL:
+            return name
+        return SERVER_DEFAULT_MODEL if self.settings.generation_url else SMOLLM2
+
     def local_generator(self, cfg: InstanceConfig) -> Generator:
         """An OpenAI-compatible server when RAGD_GENERATION_URL is set, else in-process."""
-        name = cfg.ai_search_model or self.settings.generation_model
+        name = self.generation_name(cfg)
         if self.settings.generation_url:
             from rag_service.providers.openai_generator import OpenAIGenerator
 

@@ -88,10 +88,13 @@ def load_beir(folder: Path, split: str = "test") -> BeirSet:
 
 
 def write_corpus(beir: BeirSet, folder: Path) -> dict[str, str]:
-    """One text file per document; returns file name -> document id."""
+    """One text file per document; returns file name -> document id. A file that already
+    holds its text is left alone (a kept folder is synced again without re-indexing)."""
     folder.mkdir(parents=True, exist_ok=True)
     names: dict[str, str] = {}
     for doc in beir.corpus.values():
-        (folder / doc.filename).write_text(doc.body, encoding="utf-8")
+        path = folder / doc.filename
+        if not path.is_file() or path.read_text(encoding="utf-8") != doc.body:
+            path.write_text(doc.body, encoding="utf-8")
         names[doc.filename] = doc.id
     return names

@@ -133,7 +133,7 @@ async def rank_queries(
     return rankings
 
 
-async def _ingest(rt: Runtime, beir: BeirSet, corpus: Path, progress: EvalProgress) -> int:
+async def ingest_corpus(rt: Runtime, beir: BeirSet, corpus: Path, progress: EvalProgress) -> int:
     await rt.instances.ensure(INSTANCE, str(corpus), {"backend": "local"})
     done = 0
 
@@ -169,7 +169,7 @@ async def run_eval(
         doc_of = write_corpus(beir, Path(tmp) / "corpus")
         async with Runtime(st, make_providers(st)) as rt:
             started = time.perf_counter()
-            chunks = await _ingest(rt, beir, Path(tmp) / "corpus", report)
+            chunks = await ingest_corpus(rt, beir, Path(tmp) / "corpus", report)
             _, cfg = await rt.instances.get(INSTANCE)
             result = EvalResult(
                 dataset=folder.name,

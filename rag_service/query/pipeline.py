@@ -17,6 +17,7 @@ from rag_service.query.options import Plan, QueryOptions, plan_query
 from rag_service.registry import Providers
 from rag_service.retrieve.exclusions import split_exclusions
 from rag_service.retrieve.expand import expand_context
+from rag_service.retrieve.extractive import CHUNKS_READ, EXTRACTIVE_MODEL, extractive_answer
 from rag_service.retrieve.generate import build_prompt, generate_answer
 from rag_service.retrieve.rerank import rerank
 from rag_service.retrieve.rewrite import rewrite_query
@@ -98,25 +99,43 @@ class QueryPipeline:
         if hit is not None:
             return Answer(hit.model, question, hit.chunks, once(hit.answer), cache_status="HIT")
         found = await self._retrieve(instance_id, cfg, plan, question, earlier, model)
-        generator = await self.providers.generator(cfg, model)
-        max_tokens = self.settings.generation_max_tokens
-        prompt = build_prompt(
-            generator, question, found.chunks, max_tokens, system_prompt or cfg.system_prompt
-        )
         usage = Usage()
-        pieces = generate_answer(generator, prompt, max_tokens, usage)
-        if use is not None and prompt.used:
-            pieces = remembered(pieces, use, generator.model_id, prompt.used)
-        await self._note_if_empty(instance_id, prompt.used, found.notes)
+        if self.extractive(cfg, model):
+            self.providers.check_model(model or cfg.ai_search_model)
+            model_id, used = EXTRACTIVE_MODEL, found.chunks[:CHUNKS_READ]
+            embedder = await self.providers.embedder(cfg)
+            pieces = extractive_answer(embedder, question, used)
+        else:
+            generator = await self.providers.generator(cfg, model)
+            max_tokens = self.settings.generation_max_tokens
+            system = system_prompt or cfg.system_prompt
+            prompt = build_prompt(generator, question, found.chunks, max_tokens, system)
+            model_id, used = generator.model_id, prompt.used
+            pieces = generate_answer(generator, prompt, max_tokens, usage)
+        if use is not None and used:
+            pieces = remembered(pieces, use, model_id, used)
+        await self._note_if_empty(instance_id, used, found.notes)
         return Answer(
-            generator.model_id,
+            model_id,
             found.search_query,
-            prompt.used,
+            used,
             pieces,
             usage,
             cache_status="MISS" if use is not None else None,
             notes=found.notes,
         )
+
+    def extractive(self, cfg: InstanceConfig, model: str | None) -> bool:
+        """Whether the answer is extracted rather than generated: when asked for by name, and
+        by default on the local backend with no answer server configured."""
+        chosen = model or cfg.ai_search_model
+        if chosen:
+            return chosen == EXTRACTIVE_MODEL
+        if cfg.backend == "cloudflare":
+            return False
+        if self.settings.generation_model:
+            return self.settings.generation_model == EXTRACTIVE_MODEL
+        return not self.settings.generation_url
 
     async def _retrieve(
         self,

@@ -1,0 +1,142 @@
+"""The extractive answerer: the sentences of the best chunks that answer the question, each with
+its file name, or an honest "not found". No language model: it cannot invent or loop.
+
+A sentence is scored by the embedding model (question vs sentence) and by how many of the
+question's content words it holds. The question's kind says what an answer must contain that
+the question does not (a year for "when", a number for "how many", a name for "who"); the best
+sentence without it is passed over, and none at all means the documents do not say."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rag_service.providers.protocols import Embedder
+from rag_service.providers.stopwords import content_words
+from rag_service.retrieve.search import ScoredChunk
+
+EXTRACTIVE_MODEL = "extractive"
+NOT_FOUND = "I could not find an answer to that in the documents."
+CHUNKS_READ = 5  # the best chunks whose sentences compete
+MAX_SENTENCES = 2
+MIN_WORDS, MAX_WORDS = 4, 120
+SIMILARITY_FLOOR = 0.25  # below it a sentence is about something else
+OVERLAP_FLOOR = 0.3  # an answer names about a third of what the question asks about, or more
+RUNNER_UP = 0.9  # a second sentence joins when it scores this close to the best
+
+_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
+_WORD = re.compile(r"\w+", re.UNICODE)
+_YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
+_NUMBER = re.compile(r"\d")
+_NAME = re.compile(r"(?<!^)(?<![.!?]\s)\b[A-Z][\w'-]+")
+
+
+@dataclass(frozen=True)
+class Sentence:
+    text: str
+    key: str
+    rank: int  # of its chunk
+    similarity: float = 0.0
+    overlap: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return 0.6 * self.similarity + 0.4 * self.overlap - 0.01 * self.rank
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences and lines of a chunk, without the very short or very long ones."""
+    found = []
+    for part in _SPLIT.split(text):
+        part = " ".join(part.split())
+        if MIN_WORDS <= len(part.split()) <= MAX_WORDS:
+            found.append(part)
+    return found
+
+
+def _stems(words: Sequence[str]) -> set[str]:
+    """Lower-cased words cut to 5 letters: 'found'/'founded', 'student'/'students' meet."""
+    return {w.lower()[:5] for w in words}
+
+
+def wanted(question: str) -> re.Pattern[str] | None:
+    """What an answer to this kind of question must hold beyond the question's own words."""
+    q = question.lower()
+    if re.search(r"\b(what|which|in what|in which) year\b|\bwhen\b", q):
+        return _YEAR
+    if re.search(r"\bhow (many|much|long|old|tall|high|far|big)\b|\bwhat (percentage|number)\b", q):
+        return _NUMBER
+    if re.search(r"^\s*(who|whom|whose)\b|\b(who|whom|whose) (was|were|is|did|wrote)\b", q):
+        return _NAME
+    return None
+
+
+def answers_kind(sentence: str, question: str, kind: re.Pattern[str] | None) -> bool:
+    """Whether the sentence holds something of the wanted kind that the question does not."""
+    if kind is None:
+        return True
+    asked = {w.lower() for w in _WORD.findall(question)}
+    return any(m.group(0).lower() not in asked for m in kind.finditer(sentence))
+
+
+async def choose(
+    embedder: Embedder, question: str, chunks: Sequence[ScoredChunk]
+) -> list[Sentence]:
+    """The answering sentences, best first; empty when the documents do not answer."""
+    pool = [
+        Sentence(text, c.key, rank)
+        for rank, c in enumerate(chunks[:CHUNKS_READ])
+        for text in sentences(c.text)
+    ]
+    if not pool:
+        return []
+    asked = _stems(content_words(_WORD.findall(question))) or _stems(_WORD.findall(question))
+    query = await embedder.embed_query(question)
+    vectors = await embedder.embed_documents([s.text for s in pool])
+    similarity = np.asarray(vectors @ query, dtype=np.float64)
+    kind = wanted(question)
+    scored = sorted(
+        (
+            Sentence(
+                s.text,
+                s.key,
+                s.rank,
+                float(sim),
+                len(asked & _stems(_WORD.findall(s.text))) / max(len(asked), 1),
+            )
+            for s, sim in zip(pool, similarity, strict=True)
+        ),
+        key=lambda s: -s.score,
+    )
+    fitting = [
+        s
+        for s in scored
+        if s.similarity >= SIMILARITY_FLOOR
+        and s.overlap >= OVERLAP_FLOOR
+        and answers_kind(s.text, question, kind)
+    ]
+    if not fitting:
+        return []
+    best = fitting[0]
+    chosen = [best]
+    for s in fitting[1:]:
+        if len(chosen) == MAX_SENTENCES or s.score < RUNNER_UP * best.score:
+            break
+        if s.text != best.text:
+            chosen.append(s)
+    return chosen
+
+
+async def extractive_answer(
+    embedder: Embedder, question: str, chunks: Sequence[ScoredChunk]
+) -> AsyncGenerator[str, None]:
+    """The chosen sentences, each followed by its file in brackets, one piece each."""
+    chosen = await choose(embedder, question, chunks)
+    if not chosen:
+        yield NOT_FOUND
+        return
+    for n, s in enumerate(chosen):
+        yield f"{' ' if n else ''}{s.text} [{s.key}]"
