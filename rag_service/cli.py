@@ -339,10 +339,24 @@ def eval_cmd(
     match_threshold: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Vector similarity floor.")
     ] = 0.0,
+    answers: Annotated[
+        Path | None,
+        typer.Option("--answers", dir_okay=False, help="A QA file: score answers instead."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="--answers: the answer model (default: the settings').")
+    ] = None,
+    keep: Annotated[
+        Path | None,
+        typer.Option(help="Index into this folder and keep it (the next run re-syncs it)."),
+    ] = None,
 ) -> None:
     """Retrieval quality on a BEIR folder: its corpus is indexed into a fresh temporary
-    instance, its judged queries run in every retrieval mode (nDCG@10, Recall@10/100, MRR@10)."""
-    from rag_service.evaluation.report import result_table
+    instance, its judged queries run in every retrieval mode (nDCG@10, Recall@10/100, MRR@10).
+    With --answers QA.jsonl: every question asked through the answer path (facts right,
+    "not found" when unanswerable, loops, citation precision, first-token and answer time)."""
+    from rag_service.evaluation.answers import run_answer_eval
+    from rag_service.evaluation.report import answers_table, result_table
     from rag_service.evaluation.run import run_eval
 
     _quiet_models()
@@ -352,18 +366,20 @@ def eval_cmd(
         def progress(stage: str, done: int, total: int | None) -> None:
             bar.update(task, description=stage, completed=done, total=total)
 
-        result = _run(
-            run_eval(
-                _settings(),
-                beir,
-                match_threshold=match_threshold,
-                progress=progress,
-                make_providers=make_providers,
-            )
-        )
+        if answers is not None:
+            scored = _run(
+                run_answer_eval(_settings(), beir, answers, model=model, work_dir=keep,
+                                progress=progress, make_providers=make_providers)
+            )  # fmt: skip
+        else:
+            result = _run(
+                run_eval(_settings(), beir, match_threshold=match_threshold, progress=progress,
+                         make_providers=make_providers)
+            )  # fmt: skip
+    report = scored.to_json() if answers is not None else result.to_json()
     if json_file is not None:
-        json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    Console().print(result_table(result))
+        json_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    Console().print(answers_table(scored) if answers is not None else result_table(result))
 
 
 @app.command()

@@ -141,3 +141,34 @@ async def test_a_whole_run_through_the_answer_path(tmp_path: Path) -> None:
     assert result.metrics["abstained_when_unanswerable"] == 1.0
     assert result.metrics["citation_precision"] == 1.0  # "[moon.txt]"
     assert result.answers[0].sources and result.answers[0].answer.endswith("[moon.txt]")
+
+
+def test_the_cli_prints_the_table_and_names_a_bad_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from rag_service import cli
+
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    doc = {"_id": "moon", "title": "Moon", "text": "People first reached the Moon in 1969."}
+    (folder / "corpus.jsonl").write_text(json.dumps(doc) + "\n")
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "moon"}) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\tmoon\t1\n")
+    qa = tmp_path / "qa.jsonl"
+    row = {"id": "1", "question": "When did people first reach the Moon?",
+           "answer_regex": "1969", "answerable": True, "doc_id": "moon"}  # fmt: skip
+    qa.write_text(json.dumps(row) + "\n")
+    embedder = HashingEmbedder()
+    monkeypatch.setattr(
+        cli, "make_providers", lambda st: Providers(st, embedder_factory=lambda m, p: embedder)
+    )
+    out = tmp_path / "answers.json"
+    args = ["eval", "--beir", str(folder), "--answers", str(qa), "--json", str(out)]
+    done = CliRunner().invoke(cli.app, args)
+    assert done.exit_code == 0, done.output
+    assert "facts right" in done.output and json.loads(out.read_text())["metrics"]["facts_right"]
+    qa.write_text(json.dumps(row) + "\n{oops\n")
+    bad = CliRunner().invoke(cli.app, args)
+    assert bad.exit_code == 1 and "qa.jsonl:2: not JSON" in bad.output
