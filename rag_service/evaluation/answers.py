@@ -23,6 +23,7 @@ from rag_service.errors import InvalidRequest
 from rag_service.evaluation.beir import load_beir, write_corpus
 from rag_service.evaluation.run import INSTANCE, EvalProgress, ingest_corpus
 from rag_service.registry import Providers
+from rag_service.retrieve.generate import repeats
 from rag_service.runtime import Runtime
 
 # What an answer that does not know says (ragd's own phrasing and common LLM ones).
@@ -34,7 +35,6 @@ ABSTAINS = re.compile(
 )
 CITED = re.compile(r"\[([^\[\]\n]{1,200}?)\]")  # inline [file]
 SOURCES_LINE = re.compile(r"^\s*Sources?:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
-LOOP_WORDS, LOOP_TIMES = 5, 3
 
 
 @dataclass(frozen=True)
@@ -85,18 +85,6 @@ def _item(row: Any, where: str) -> QAItem:
     return QAItem(str(row.get("id", where)), question, pattern, answerable, doc and str(doc))
 
 
-def loops(answer: str, words: int = LOOP_WORDS, times: int = LOOP_TIMES) -> bool:
-    """Whether some run of `words` words comes back `times` times or more."""
-    tokens = re.findall(r"\w+", answer.lower())
-    seen: dict[tuple[str, ...], int] = {}
-    for i in range(len(tokens) - words + 1):
-        gram = tuple(tokens[i : i + words])
-        seen[gram] = seen.get(gram, 0) + 1
-        if seen[gram] >= times:
-            return True
-    return False
-
-
 def cited_files(answer: str, known: Sequence[str]) -> set[str]:
     """The known file names the answer cites, inline `[file]` or on a `Sources:` line."""
     named = {m.strip() for m in CITED.findall(answer)}
@@ -127,7 +115,7 @@ def score(
     ]
     abstained = [i for i in unanswerable if ABSTAINS.search(records[i.id].answer)]
     wrongly_abstained = [i for i in answerable if ABSTAINS.search(records[i.id].answer)]
-    looped = [i for i in items if loops(records[i.id].answer)]
+    looped = [i for i in items if repeats(records[i.id].answer)]
     precisions = []
     for item in answerable:
         cited = cited_files(records[item.id].answer, list(file_of.values()))

@@ -16,10 +16,10 @@ import numpy as np
 
 from rag_service.providers.protocols import Embedder
 from rag_service.providers.stopwords import content_words
+from rag_service.retrieve.generate import NOT_FOUND_ANSWER
 from rag_service.retrieve.search import ScoredChunk
 
 EXTRACTIVE_MODEL = "extractive"
-NOT_FOUND = "I could not find an answer to that in the documents."
 CHUNKS_READ = 5  # the best chunks whose sentences compete
 MAX_SENTENCES = 2
 MIN_WORDS, MAX_WORDS = 4, 120
@@ -136,7 +136,7 @@ async def extractive_answer(
     """The chosen sentences, each followed by its file in brackets, one piece each."""
     chosen = await choose(embedder, question, chunks)
     if not chosen:
-        yield NOT_FOUND
+        yield NOT_FOUND_ANSWER
         return
     for n, s in enumerate(chosen):
         yield f"{' ' if n else ''}{s.text} [{s.key}]"

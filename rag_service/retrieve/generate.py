@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
@@ -9,11 +10,17 @@ from rag_service.errors import InvalidRequest
 from rag_service.providers.protocols import ChatMessage, Generator, Usage
 from rag_service.retrieve.search import ScoredChunk
 
+NOT_FOUND_ANSWER = "I could not find an answer to that in the documents."
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant that answers questions using only the documents provided "
-    "below. Cite the file names you used. If the documents do not contain the answer, say that "
-    "you could not find it in the documents; do not make anything up."
+    "You answer questions using only the documents below. Answer in one to three short "
+    "sentences. After each fact, name the file it comes from in square brackets, like "
+    "[guide.md]. If the documents do not answer the question, reply only: "
+    f"{NOT_FOUND_ANSWER} Do not make anything up."
 )
+# Small models read a few good chunks better than many: at most this many, best first.
+ANSWER_CHUNKS, ANSWER_CHUNKS_LARGE_CONTEXT = 3, 6
+LARGE_CONTEXT = 16_000
+LOOP_WORDS, LOOP_TIMES = 5, 3  # a run of 5 words said 3 times: the model is looping
 NO_CONTEXT = (
     "No document matched the question. Say that you could not find an answer in the documents."
 )
@@ -58,7 +65,10 @@ def build_prompt(
             f"{generator.model_id} has {generator.context_window} with {max_tokens} kept for "
             "the answer"
         )
-    for chunk in chunks:
+    most = (
+        ANSWER_CHUNKS_LARGE_CONTEXT if generator.context_window > LARGE_CONTEXT else ANSWER_CHUNKS
+    )
+    for chunk in chunks[:most]:
         trial = generator.count_tokens(messages([*used, chunk]))
         if trial > budget:
             break
@@ -67,22 +77,39 @@ def build_prompt(
     return Prompt(messages(used), used, tokens)
 
 
-NOT_FOUND_ANSWER = "I could not find anything about that in the documents."
+def repeats(text: str, words: int = LOOP_WORDS, times: int = LOOP_TIMES) -> bool:
+    """Whether some run of `words` words comes back `times` times or more."""
+    tokens = re.findall(r"\w+", text.lower())
+    seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(tokens) - words + 1):
+        gram = tuple(tokens[i : i + words])
+        seen[gram] = seen.get(gram, 0) + 1
+        if seen[gram] >= times:
+            return True
+    return False
 
 
 async def generate_answer(
     generator: Generator, prompt: Prompt, max_tokens: int, usage: Usage | None = None
 ) -> AsyncGenerator[str, None]:
     """Stream the answer. With no chunk to ground it, the model is not asked at all: small
-    models invent answers even when told that nothing matched."""
+    models invent answers even when told that nothing matched. A model that starts to loop is
+    stopped there. An answer that names none of its files ends with a `Sources:` line."""
     if not prompt.used:
         yield NOT_FOUND_ANSWER
         return
     stream = generator.stream(prompt.messages, max_tokens=max_tokens, usage=usage)
+    text = ""
     try:
         async for piece in stream:
+            text += piece
+            if repeats(text):
+                break
             yield piece
     finally:
         # A client that hangs up must stop the model, not leave it generating in its thread.
         if isinstance(stream, AsyncGenerator):
             await stream.aclose()
+    files = list(dict.fromkeys(c.key for c in prompt.used))
+    if NOT_FOUND_ANSWER not in text and not any(name in text for name in files):
+        yield f"\n\nSources: {', '.join(files)}"

@@ -16,12 +16,13 @@ from rag_service.evaluation.answers import (
     QAItem,
     cited_files,
     load_qa,
-    loops,
     run_answer_eval,
     score,
 )
 from rag_service.registry import Providers
-from rag_service.retrieve.extractive import NOT_FOUND, choose, sentences, wanted
+from rag_service.retrieve.extractive import choose, sentences, wanted
+from rag_service.retrieve.generate import NOT_FOUND_ANSWER as NOT_FOUND
+from rag_service.retrieve.generate import repeats as loops
 from rag_service.retrieve.search import ScoredChunk
 from tests.fakes import HashingEmbedder
 

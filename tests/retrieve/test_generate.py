@@ -65,7 +65,34 @@ async def test_answer_streams_in_pieces_with_usage() -> None:
     prompt = build_prompt(gen, "q", [chunk(1, 30)], max_tokens=10)
     usage = Usage()
     pieces = [p async for p in generate_answer(gen, prompt, 10, usage)]
-    assert len(pieces) == 10 and usage.completion_tokens == 10 and usage.prompt_tokens > 30
+    assert len(pieces) == 11 and usage.completion_tokens == 10 and usage.prompt_tokens > 30
+    assert pieces[-1] == "\n\nSources: 1.md"  # the answer named no file: listed after it
+
+
+class Looping(EchoGenerator):
+    async def stream(  # type: ignore[override]
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        usage: Usage | None = None,
+    ) -> AsyncIterator[str]:
+        yield "It is [1.md]. "
+        for _ in range(max_tokens):
+            yield "a bit of a miracle, "
+
+
+async def test_a_looping_model_is_stopped_and_a_cited_answer_gets_no_sources_line() -> None:
+    gen = Looping()
+    prompt = build_prompt(gen, "q", [chunk(1, 5)], max_tokens=100)
+    text = "".join([p async for p in generate_answer(gen, prompt, 100)])
+    assert text == "It is [1.md]. a bit of a miracle, a bit of a miracle, "
+
+
+def test_a_small_context_gets_a_few_chunks() -> None:
+    prompt = build_prompt(EchoGenerator(), "q", [chunk(n, 5) for n in range(10)], max_tokens=10)
+    assert len(prompt.used) == 3
 
 
 class Counting(EchoGenerator):

@@ -87,7 +87,11 @@ async def test_runtime_picks_workers_ai_or_a_local_cross_encoder(tmp_path: Path)
     async with Runtime(default, Providers(default, reranker_factory=factory)) as rt:
         assert (await rt.providers.reranker(InstanceConfig())).model_id == "BAAI/bge-reranker-base"
     cloud = Settings(
-        data_dir=tmp_path, cloudflare_account_id="acc", cloudflare_api_token="t", backend="local"
+        data_dir=tmp_path,
+        cloudflare_account_id="acc",
+        cloudflare_api_token="t",
+        backend="local",
+        allowed_models="@cf/baai/other-reranker",
     )
     async with Runtime(cloud, Providers(cloud, reranker_factory=factory)) as rt:
         cf = await rt.providers.reranker(InstanceConfig(backend="cloudflare"))
