@@ -29,6 +29,7 @@ from rag_service.providers.local_models import resolve_generation_model, torch_t
 from rag_service.providers.protocols import ChatMessage, Usage
 
 log = logging.getLogger(__name__)
+REPETITION_PENALTY = 1.15
 THREAD_NAME = "rag-local-generate"
 
 
@@ -110,7 +111,8 @@ class LocalGenerator:
                 f"prompt of {prompt_tokens} tokens + max_tokens {max_tokens} exceeds the "
                 f"{self.context_window}-token context of {self.model_id!r}"
             )
-        sampling: dict[str, Any] = {"do_sample": False}
+        # Greedy decoding of a small model repeats itself: a penalty on tokens already said.
+        sampling: dict[str, Any] = {"do_sample": False, "repetition_penalty": REPETITION_PENALTY}
         if temperature > 0:
             sampling = {"do_sample": True, "temperature": temperature}
         streamer: Any = TextIteratorStreamer(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,7 +113,8 @@ async def test_the_extractive_answerer_picks_the_sentence_that_answers() -> None
     ]
 
 
-async def test_a_whole_run_through_the_answer_path(tmp_path: Path) -> None:
+def tiny_set(tmp_path: Path) -> tuple[Path, Path]:
+    """A two-document BEIR folder and two questions over it, one without an answer."""
     folder = tmp_path / "beir"
     (folder / "qrels").mkdir(parents=True)
     docs = [
@@ -130,6 +132,11 @@ async def test_a_whole_run_through_the_answer_path(tmp_path: Path) -> None:
          "answerable": False, "doc_id": None},
     ]  # fmt: skip
     qa.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return folder, qa
+
+
+async def test_a_whole_run_through_the_answer_path(tmp_path: Path) -> None:
+    folder, qa = tiny_set(tmp_path)
     embedder = HashingEmbedder()
     result = await run_answer_eval(
         Settings(data_dir=tmp_path / "unused"),
@@ -173,3 +180,45 @@ def test_the_cli_prints_the_table_and_names_a_bad_line(
     qa.write_text(json.dumps(row) + "\n{oops\n")
     bad = CliRunner().invoke(cli.app, args)
     assert bad.exit_code == 1 and "qa.jsonl:2: not JSON" in bad.output
+
+
+async def echo_server(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A tiny OpenAI-compatible server: streams the first sentence of the first document in
+    the prompt with its file, word by word (an answer as a grounded model would give it)."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    system = json.loads(body)["messages"][0]["content"]
+    found = re.search(r'<document file="([^"]+)">\n(.+?)(?<=[.!?])\s', system, re.S)
+    answer = f"{found.group(2).split(chr(10))[-1]} [{found.group(1)}]" if found else "No idea."
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+    for word in answer.split(" "):
+        delta = {"choices": [{"index": 0, "delta": {"content": word + " "}}]}
+        await send({"type": "http.response.body", "body": f"data: {json.dumps(delta)}\n\n".encode(),
+                    "more_body": True})  # fmt: skip
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+async def test_the_same_eval_runs_against_an_answer_server(tmp_path: Path) -> None:
+    from tests.serving import serve
+
+    folder, qa = tiny_set(tmp_path)
+    embedder = HashingEmbedder()
+    async with serve(echo_server) as url:
+        result = await run_answer_eval(
+            Settings(data_dir=tmp_path / "unused", generation_url=f"{url}/v1"),
+            folder,
+            qa,
+            make_providers=lambda st: Providers(st, embedder_factory=lambda m, p: embedder),
+        )
+    assert result.model == "default"  # the server's, not the extractive answerer
+    moon = result.answers[0]
+    assert moon.answer.startswith("The Moon was first reached") and "[moon.txt]" in moon.answer
+    assert result.metrics["facts_right"] == 1.0 and result.metrics["citation_precision"] == 1.0
+    assert moon.first_token_s <= moon.answer_s
