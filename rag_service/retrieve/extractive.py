@@ -24,13 +24,20 @@ CHUNKS_READ = 5  # the best chunks whose sentences compete
 MAX_SENTENCES = 2
 MIN_WORDS, MAX_WORDS = 4, 120
 SIMILARITY_FLOOR = 0.25  # below it a sentence is about something else
-OVERLAP_FLOOR = 0.3  # an answer names about a third of what the question asks about, or more
+OVERLAP_FLOOR = 0.25  # an answer names a quarter of what the question asks about, or more
+# ... and one that names less than half of it must be close in meaning to the question.
+CLOSE_OVERLAP, CLOSE_SIMILARITY = 0.5, 0.4
 RUNNER_UP = 0.9  # a second sentence joins when it scores this close to the best
 
-_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
+_PARAGRAPH = re.compile(r"\n\s*\n")
+_SPLIT = re.compile(r"(?<=[.!?;])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
-_NUMBER = re.compile(r"\d")
+_NUMBER = re.compile(
+    r"\d+|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|"
+    r"thirty|forty|fifty|hundreds?|thousands?|millions?|billions?|half|dozens?|a few)\b",
+    re.IGNORECASE,
+)
 _NAME = re.compile(r"(?<!^)(?<![.!?]\s)\b[A-Z][\w'-]+")
 
 
@@ -48,13 +55,33 @@ class Sentence:
 
 
 def sentences(text: str) -> list[str]:
-    """Sentences and lines of a chunk, without the very short or very long ones."""
+    """The sentences of a chunk's paragraphs (hard-wrapped lines joined), without headings
+    (short lines with no full stop) and without the very short or very long ones."""
     found = []
-    for part in _SPLIT.split(text):
-        part = " ".join(part.split())
-        if MIN_WORDS <= len(part.split()) <= MAX_WORDS:
-            found.append(part)
+    for paragraph in _paragraphs(text):
+        for part in _SPLIT.split(paragraph):
+            if MIN_WORDS <= len(part.split()) <= MAX_WORDS and not _heading(part):
+                found.append(part)
     return found
+
+
+def _heading(line: str) -> bool:
+    return len(line.split()) < 8 and not line.rstrip("\"')]").endswith((".", "!", "?", ";", ":"))
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Paragraphs with their hard-wrapped lines joined; a heading line ends one."""
+    paragraphs: list[str] = []
+    for block in _PARAGRAPH.split(text):
+        lines: list[str] = []
+        for line in block.splitlines():
+            if _heading(line.strip()):
+                paragraphs.append(" ".join(lines))
+                lines = []
+            else:
+                lines.append(line.strip())
+        paragraphs.append(" ".join(lines))
+    return [p for p in paragraphs if p]
 
 
 def _stems(words: Sequence[str]) -> set[str]:
@@ -67,7 +94,15 @@ def wanted(question: str) -> re.Pattern[str] | None:
     q = question.lower()
     if re.search(r"\b(what|which|in what|in which) year\b|\bwhen\b", q):
         return _YEAR
-    if re.search(r"\bhow (many|much|long|old|tall|high|far|big)\b|\bwhat (percentage|number)\b", q):
+    if counted := re.search(r"\bhow many (\w+)", q):
+        # "how many moons": a number counting moons, not any number in the sentence
+        noun = re.escape(counted.group(1)[:4])
+        return re.compile(rf"(?:{_NUMBER.pattern})\W+(?:\w+\W+){{0,2}}{noun}", re.IGNORECASE)
+    if re.search(
+        r"\bhow (many|much|long|old|tall|high|far|big|hot|cold|warm|often|fast|deep|heavy)\b"
+        r"|\bwhat (percentage|number|temperature|size|amount)\b",
+        q,
+    ):
         return _NUMBER
     if re.search(r"^\s*(who|whom|whose)\b|\b(who|whom|whose) (was|were|is|did|wrote)\b", q):
         return _NAME
@@ -116,6 +151,7 @@ async def choose(
         for s in scored
         if s.similarity >= SIMILARITY_FLOOR
         and s.overlap >= OVERLAP_FLOOR
+        and (s.overlap >= CLOSE_OVERLAP or s.similarity >= CLOSE_SIMILARITY)
         and answers_kind(s.text, question, kind)
     ]
     if not fitting:

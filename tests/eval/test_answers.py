@@ -107,9 +107,13 @@ async def test_the_extractive_answerer_picks_the_sentence_that_answers() -> None
     nothing = await choose(HashingEmbedder(), "When did the library of Prussia close?", chunks[1:])
     assert nothing == []
     assert wanted("Who wrote it?") is not None and wanted("Why is the sky blue?") is None
-    assert sentences("Short. This one has enough words to count.\nA heading line here too") == [
-        "This one has enough words to count.",
-        "A heading line here too",
+    text = (
+        "A heading line\nThis sentence has enough words and it wraps\nover two lines of text."
+        "\n\nShort. And one more here."
+    )
+    assert sentences(text) == [
+        "This sentence has enough words and it wraps over two lines of text.",
+        "And one more here.",
     ]
 
 
