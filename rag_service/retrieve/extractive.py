@@ -30,9 +30,17 @@ CLOSE_OVERLAP, CLOSE_SIMILARITY = 0.5, 0.4
 RUNNER_UP = 0.9  # a second sentence joins when it scores this close to the best
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
+_RECORD = re.compile(r"^\s*[^:,.]{1,60}: [^\n]*, [^:,.]{1,60}: ")
 _SPLIT = re.compile(r"(?<=[.!?;])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
+_TIME = re.compile(
+    r"\b(1[0-9]{3}|20[0-9]{2})\b|\b\d{1,2}[:.]\d{2}\b|\b\d+ ?(am|pm)\b|\b\d+(st|nd|rd|th)\b"
+    r"|\b(january|february|march|april|may|june|july|august|september|october|november"
+    r"|december|monday|tuesday|wednesday|thursday|friday|saturday|sunday|spring|summer"
+    r"|autumn|winter|morning|evening|night|noon|midnight|century|centuries|closed)\b",
+    re.IGNORECASE,
+)
 _NUMBER = re.compile(
     r"\d+|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|"
     r"thirty|forty|fifty|hundreds?|thousands?|millions?|billions?|half|dozens?|a few)\b",
@@ -75,9 +83,11 @@ def _paragraphs(text: str) -> list[str]:
     for block in _PARAGRAPH.split(text):
         lines: list[str] = []
         for line in block.splitlines():
-            if _heading(line.strip()):
+            if _heading(line.strip()) or _RECORD.match(line):
                 paragraphs.append(" ".join(lines))
                 lines = []
+                if _RECORD.match(line):  # a table row ("name: value, name: value"): its own
+                    paragraphs.append(line.strip())
             else:
                 lines.append(line.strip())
         paragraphs.append(" ".join(lines))
@@ -92,8 +102,10 @@ def _stems(words: Sequence[str]) -> set[str]:
 def wanted(question: str) -> re.Pattern[str] | None:
     """What an answer to this kind of question must hold beyond the question's own words."""
     q = question.lower()
-    if re.search(r"\b(what|which|in what|in which) year\b|\bwhen\b", q):
+    if re.search(r"\b(what|which|in what|in which) year\b", q):
         return _YEAR
+    if re.search(r"\bwhen\b|\bwhat time\b", q):
+        return _TIME
     if counted := re.search(r"\bhow many (\w+)", q):
         # "how many moons": a number counting moons, not any number in the sentence
         noun = re.escape(counted.group(1)[:4])
