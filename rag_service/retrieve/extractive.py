@@ -8,6 +8,7 @@ sentence without it is passed over, and none at all means the documents do not s
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -30,10 +31,11 @@ CLOSE_OVERLAP, CLOSE_SIMILARITY = 0.5, 0.4
 RUNNER_UP = 0.9  # a second sentence joins when it scores this close to the best
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
+_FOLLOWER = re.compile(r"(It|He|She|They|This|These|Its|His|Her|Their|There)\b")
 _RECORD = re.compile(r"^\s*[^:,.]{1,60}: [^\n]*, [^:,.]{1,60}: ")
 _SPLIT = re.compile(r"(?<=[.!?;])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD = re.compile(r"\w+", re.UNICODE)
-_YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
+_YEAR = re.compile(r"\b\d{1,4} ?(BC|BCE|AD|CE)\b|\b(AD|CE) ?\d{1,4}\b|\b[1-9]\d{2,3}\b")
 _TIME = re.compile(
     r"\b(1[0-9]{3}|20[0-9]{2})\b|\b\d{1,2}[:.]\d{2}\b|\b\d+ ?(am|pm)\b|\b\d+(st|nd|rd|th)\b"
     r"|\b(january|february|march|april|may|june|july|august|september|october|november"
@@ -46,7 +48,11 @@ _NUMBER = re.compile(
     r"thirty|forty|fifty|hundreds?|thousands?|millions?|billions?|half|dozens?|a few)\b",
     re.IGNORECASE,
 )
-_NAME = re.compile(r"(?<!^)(?<![.!?]\s)\b[A-Z][\w'-]+")
+# A name: two or more capitalised words (particles and initials allowed), not opening a sentence.
+_NAME = re.compile(
+    r"(?<!^)(?<![.!?]\s)\b[A-Z][\w'-]+(?:\s+(?:(?:de|da|di|del|van|von|der|la|le|al|bin|ibn)\s+)?"
+    r"(?:[A-Z]\.\s*)*[A-Z][\w'-]+)+"
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,16 @@ def sentences(text: str) -> list[str]:
             if MIN_WORDS <= len(part.split()) <= MAX_WORDS and not _heading(part):
                 found.append(part)
     return found
+
+
+def with_followers(found: list[str]) -> list[str]:
+    """Each sentence, and each joined with the next one when that one goes on about it ("It
+    was established in 1997." says when only after the sentence that names what)."""
+    out = list(found)
+    for first, then in itertools.pairwise(found):
+        if _FOLLOWER.match(then):
+            out.append(f"{first} {then}")
+    return out
 
 
 def _heading(line: str) -> bool:
@@ -99,26 +115,42 @@ def _stems(words: Sequence[str]) -> set[str]:
     return {w.lower()[:5] for w in words}
 
 
+_PERSON_NOUNS = (
+    "actor|actress|person|man|woman|author|writer|poet|singer|artist|painter|player|king|queen|"
+    "president|scientist|composer|director|architect|founder|leader|emperor|ruler|captain"
+)
+_MEASURE = (
+    r"\bhow (much|long|old|tall|high|far|big|hot|cold|warm|often|fast|deep|heavy)\b"
+    r"|\bwhat (percentage|number|temperature|size|amount)\b"
+)
+# What kind of question, by the first of these cues it holds (a later "when" in a clause
+# does not make "how many ... when ..." a question about time).
+_CUES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\b(what|which) year\b"), "year"),
+    (re.compile(r"\bhow many (\w+)"), "count"),
+    (
+        re.compile(
+            r"\bhow (much|long|old|tall|high|far|big|hot|cold|warm|often|fast|deep|heavy)\b"
+            r"|\bwhat (percentage|number|temperature|size|amount)\b"
+        ),
+        "number",
+    ),
+    (re.compile(r"\bwhen\b|\bwhat time\b"), "time"),
+    (re.compile(rf"\b(who|whom|whose)\b|\b(which|what) ({_PERSON_NOUNS})\b"), "name"),
+)
+
+
 def wanted(question: str) -> re.Pattern[str] | None:
     """What an answer to this kind of question must hold beyond the question's own words."""
     q = question.lower()
-    if re.search(r"\b(what|which|in what|in which) year\b", q):
-        return _YEAR
-    if re.search(r"\bwhen\b|\bwhat time\b", q):
-        return _TIME
-    if counted := re.search(r"\bhow many (\w+)", q):
-        # "how many moons": a number counting moons, not any number in the sentence
-        noun = re.escape(counted.group(1)[:4])
+    found = [(m.start(), kind, m) for cue, kind in _CUES if (m := cue.search(q))]
+    if not found:
+        return None
+    _, kind, match = min(found, key=lambda f: f[0])
+    if kind == "count":  # "how many moons": a number counting moons, not any number
+        noun = re.escape(match.group(1)[:4])
         return re.compile(rf"(?:{_NUMBER.pattern})\W+(?:\w+\W+){{0,2}}{noun}", re.IGNORECASE)
-    if re.search(
-        r"\bhow (many|much|long|old|tall|high|far|big|hot|cold|warm|often|fast|deep|heavy)\b"
-        r"|\bwhat (percentage|number|temperature|size|amount)\b",
-        q,
-    ):
-        return _NUMBER
-    if re.search(r"^\s*(who|whom|whose)\b|\b(who|whom|whose) (was|were|is|did|wrote)\b", q):
-        return _NAME
-    return None
+    return {"year": _YEAR, "number": _NUMBER, "time": _TIME, "name": _NAME}[kind]
 
 
 def answers_kind(sentence: str, question: str, kind: re.Pattern[str] | None) -> bool:
@@ -126,7 +158,10 @@ def answers_kind(sentence: str, question: str, kind: re.Pattern[str] | None) -> 
     if kind is None:
         return True
     asked = {w.lower() for w in _WORD.findall(question)}
-    return any(m.group(0).lower() not in asked for m in kind.finditer(sentence))
+    return any(
+        any(w.lower() not in asked for w in _WORD.findall(m.group(0)))
+        for m in kind.finditer(sentence)
+    )
 
 
 async def choose(
@@ -136,7 +171,7 @@ async def choose(
     pool = [
         Sentence(text, c.key, rank)
         for rank, c in enumerate(chunks[:CHUNKS_READ])
-        for text in sentences(c.text)
+        for text in with_followers(sentences(c.text))
     ]
     if not pool:
         return []
@@ -173,7 +208,7 @@ async def choose(
     for s in fitting[1:]:
         if len(chosen) == MAX_SENTENCES or s.score < RUNNER_UP * best.score:
             break
-        if s.text != best.text:
+        if not any(s.text in c.text or c.text in s.text for c in chosen):
             chosen.append(s)
     return chosen
 
