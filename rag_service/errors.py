@@ -76,6 +76,21 @@ class BackendError(RagError):
     code = 7030
 
 
+class UpstreamError(BackendError):
+    """An upstream service (Workers AI, Vectorize, an answer server) failed or answered with
+    an error. `message` holds what it said (for the log and the CLI); an API client sees only
+    `summary`, since an upstream's text is not ours to pass on."""
+
+    def __init__(self, message: str, *, summary: str, transient: bool | None = None) -> None:
+        super().__init__(message, transient=transient)
+        self.summary = summary
+
+
+def public_message(exc: RagError) -> str:
+    """What an API client is told of an error."""
+    return exc.summary if isinstance(exc, UpstreamError) else exc.message
+
+
 class RateLimited(BackendError):
     status_code = 429
     code = 7031

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from rag_service.errors import BackendError, RateLimited
+from rag_service.errors import BackendError, RateLimited, UpstreamError
 from rag_service.providers.protocols import ChatMessage, Tokenizer, Usage
 
 
@@ -98,7 +98,10 @@ class OpenAIGenerator:
                             yield piece
         except httpx.HTTPError as exc:
             detail = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
-            raise BackendError(f"generation server at {self._shown_url} failed: {detail}") from None
+            raise UpstreamError(
+                f"generation server at {self._shown_url} failed: {detail}",
+                summary=f"the answer server could not be reached ({type(exc).__name__})",
+            ) from None
         if usage is not None and not got_usage:  # the server sent none: estimate
             usage.prompt_tokens = self.count_tokens(messages)
             usage.completion_tokens = self._count("".join(text))
@@ -108,11 +111,17 @@ class OpenAIGenerator:
         try:
             event = json.loads(data)
         except ValueError:
-            raise BackendError(f"malformed event from {self._shown_url}: {data[:200]!r}") from None
+            raise UpstreamError(
+                f"malformed event from {self._shown_url}: {data[:200]!r}",
+                summary="the answer server sent a malformed event",
+            ) from None
         if not isinstance(event, dict):
             return {}
         if event.get("error"):
-            raise BackendError(f"generation server error: {self._redact(str(event['error']))}")
+            raise UpstreamError(
+                f"generation server error: {self._redact(str(event['error']))}",
+                summary="the answer server reported an error while answering",
+            )
         return event
 
     def _http_error(self, resp: httpx.Response) -> BackendError:
@@ -120,14 +129,17 @@ class OpenAIGenerator:
         if status in (401, 403):
             return BackendError(f"server at {where} rejected the API key (HTTP {status})")
         if status == 404:
-            return BackendError(
+            return UpstreamError(
                 f"model {self.model_id!r} or endpoint {where} not found (HTTP 404): "
-                + self._redact(resp.text[:300])
+                + self._redact(resp.text[:300]),
+                summary=f"the answer server has no model {self.model_id!r} (HTTP 404)",
             )
         if status == 429:
             return RateLimited(f"generation server at {where} is rate limiting (HTTP 429)")
-        return BackendError(
-            f"generation server at {where} answered HTTP {status}: " + self._redact(resp.text[:300])
+        return UpstreamError(
+            f"generation server at {where} answered HTTP {status}: "
+            + self._redact(resp.text[:300]),
+            summary=f"the answer server failed (HTTP {status})",
         )
 
     def _redact(self, text: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from rag_service.config import Settings
-from rag_service.errors import BackendError, RateLimited
+from rag_service.errors import BackendError, RateLimited, UpstreamError
 from rag_service.providers.cloudflare.limits import RateLimits, SlidingWindowLimiter, Task
 
 log = logging.getLogger(__name__)
@@ -240,9 +240,10 @@ class CloudflareAPI:
         try:
             body = resp.json()
         except ValueError:
-            raise BackendError(
+            raise UpstreamError(
                 f"{what}: Cloudflare answered HTTP {resp.status_code} with a body that is not "
-                "JSON: " + self.redact(resp.text[:200])
+                "JSON: " + self.redact(resp.text[:200]),
+                summary=f"{what}: Cloudflare's answer was not JSON (HTTP {resp.status_code})",
             ) from None
         if not isinstance(body, dict) or "result" not in body:
             raise BackendError(f"{what}: Cloudflare's answer has no envelope `result`")
@@ -266,10 +267,15 @@ class CloudflareAPI:
         if 5007 in codes or "no such model" in detail.lower():
             return CloudflareNotFound(f"{what}: unknown Workers AI model ({detail})")
         if status >= 500:
-            return BackendError(
-                f"{what}: Cloudflare failed (HTTP {status}: {detail})", transient=True
+            return UpstreamError(
+                f"{what}: Cloudflare failed (HTTP {status}: {detail})",
+                summary=f"{what}: Cloudflare failed (HTTP {status})",
+                transient=True,
             )
-        return BackendError(f"{what}: Cloudflare refused the request (HTTP {status}: {detail})")
+        return UpstreamError(
+            f"{what}: Cloudflare refused the request (HTTP {status}: {detail})",
+            summary=f"{what}: Cloudflare refused the request (HTTP {status})",
+        )
 
     def _errors_of(self, resp: httpx.Response) -> tuple[set[int], str]:
         try:

@@ -20,7 +20,7 @@ from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 
 from rag_service.config import BGE_QUERY_INSTRUCTION
-from rag_service.errors import BackendError, InvalidRequest
+from rag_service.errors import BackendError, InvalidRequest, UpstreamError
 from rag_service.providers.cloudflare.api import CloudflareAPI
 from rag_service.providers.cloudflare.limits import Task
 from rag_service.providers.protocols import ChatMessage, Pooling, Usage, Vector
@@ -253,15 +253,22 @@ async def sse_events(
             try:
                 event = json.loads(data)
             except ValueError:
-                raise BackendError(f"{what}: malformed event {data[:200]!r}") from None
+                raise UpstreamError(
+                    f"{what}: malformed event {data[:200]!r}", summary=f"{what}: malformed event"
+                ) from None
             if isinstance(event, dict):
                 if event.get("errors") or event.get("error"):
                     detail = event.get("errors") or event.get("error")
-                    raise BackendError(f"{what}: {redact(str(detail))}")
+                    raise UpstreamError(
+                        f"{what}: {redact(str(detail))}",
+                        summary=f"{what}: Workers AI reported an error while answering",
+                    )
                 yield event
     except httpx.HTTPError as exc:
         detail = redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
-        raise BackendError(f"{what}: stream broke off: {detail}") from None
+        raise UpstreamError(
+            f"{what}: stream broke off: {detail}", summary=f"{what}: the stream broke off"
+        ) from None
 
 
 class WorkersAIReranker:
