@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,12 +19,13 @@ from rag_service.api.options import ChatRequest, SearchRequest, note_messages
 from rag_service.api.requests import read_json
 from rag_service.api.shapes import aisearch_chunk, aisearch_search_result
 from rag_service.api.sse import DONE, event_stream, sse
-from rag_service.errors import ClientGone
+from rag_service.errors import ClientGone, RagError, public_message
 from rag_service.providers.protocols import Usage
 from rag_service.query.pipeline import Answer
 from rag_service.retrieve.search import ScoredChunk
 from rag_service.runtime import Runtime
 
+log = logging.getLogger(__name__)
 CACHE_STATUS = "cf-aig-cache-status"  # AI Search's header: HIT or MISS
 
 
@@ -50,6 +52,14 @@ async def whole_answer(request: Request[Any, Any, Any], reply: Answer) -> str:
     if not writing.done() or writing.cancelled():
         raise ClientGone("the client closed the connection before the answer was written")
     return writing.result()
+
+
+def stream_error(exc: Exception) -> str:
+    """What a stream that already started says of a failure (in-band, as its last event)."""
+    if isinstance(exc, RagError):
+        return public_message(exc)
+    log.exception("answer stream failed")
+    return "generation failed"
 
 
 def cache_headers(reply: Answer) -> dict[str, str]:
@@ -147,7 +157,7 @@ async def streamed(completion_id: str, reply: Answer) -> AsyncIterator[bytes]:
                 yield delta(completion_id, reply.model, piece, None)
         yield delta(completion_id, reply.model, None, "stop")
     except Exception as exc:  # the stream has started: report in-band
-        yield sse({"error": {"message": getattr(exc, "message", "generation failed")}})
+        yield sse({"error": {"message": stream_error(exc)}})
     yield sse(
         {
             "id": completion_id,
