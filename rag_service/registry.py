@@ -67,6 +67,7 @@ class Providers:
         self._rerankers: dict[str, Reranker] = {}
         self._indexes: dict[str, VectorIndex] = {}
         self._loading = asyncio.Lock()  # model loads take seconds: one at a time
+        self._opening_index = asyncio.Lock()
         self._failed: dict[str, tuple[float, RagError]] = {}
         self.allowed_models = frozenset(
             {
@@ -92,7 +93,6 @@ class Providers:
                 f"model {name!r} is not available here: the operator lists the models this "
                 "server may load in RAGD_ALLOWED_MODELS"
             )
-        self._opening_index = asyncio.Lock()
 
     async def embedder(self, cfg: InstanceConfig) -> Embedder:
         """Loaded once per (model, pooling), in a thread."""
