@@ -13,6 +13,7 @@ from rag_service import db
 from rag_service.config import Settings
 from rag_service.errors import Conflict
 from rag_service.ingest.fetch import SizeLimits
+from rag_service.ingest.isolate import close_default_pool
 from rag_service.ingest.items import Outcome
 from rag_service.ingest.sync import (
     SyncContext,
@@ -51,6 +52,7 @@ class Runtime:
     async def close(self) -> None:
         await self.providers.close()
         await self.engine.dispose()
+        close_default_pool()  # the extraction workers (a later sync starts new ones)
 
     async def __aenter__(self) -> Runtime:
         return await self.start()

@@ -14,9 +14,9 @@ from rag_service import records
 from rag_service.errors import ExtractError, NoTextError, ObjectTooLarge, RagError
 from rag_service.ingest.chunk import chunk_text
 from rag_service.ingest.embed import embed_groups
-from rag_service.ingest.extract import extract_text
 from rag_service.ingest.fetch import SizeLimits, fetch_object
 from rag_service.ingest.index import custom_fields, delete_chunks, index_chunks
+from rag_service.ingest.isolate import extract_isolated
 from rag_service.ingest.retry import retry_transient
 from rag_service.instances import InstanceConfig
 from rag_service.models import Item, ItemStatus
@@ -96,7 +96,7 @@ async def chunks_of(ctx: SyncContext, info: ObjectInfo) -> list[str]:
     data = await retry_transient(
         lambda: fetch_object(ctx.source, info, ctx.limits), what=f"fetching {info.key}"
     )
-    text = await asyncio.to_thread(extract_text, info.key, data)
+    text = await extract_isolated(info.key, data)  # in a worker process, time/memory-bound
     size = min(ctx.config.chunk_size, ctx.embedder.max_tokens - 2)
     overlap = min(ctx.config.overlap_tokens, size // 2)
     chunks = await asyncio.to_thread(chunk_text, text, ctx.embedder, size, overlap)

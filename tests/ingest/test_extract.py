@@ -277,7 +277,7 @@ def test_unexpected_parser_errors_become_one_line_extract_errors(
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom\nsecond line " + "x" * 500)
 
-    monkeypatch.setattr(extract_module, "BeautifulSoup", explode)
+    monkeypatch.setattr(extract_module, "_HtmlText", explode)
     with pytest.raises(ExtractError) as info:
         extract_text("p.html", b"<p>hi</p>")
     assert info.value.message.startswith("damaged HTML: boom second line")

@@ -147,20 +147,20 @@ async def test_an_unexpected_failure_is_confined_to_its_item(
 ) -> None:
     from rag_service.ingest import items as items_module
 
-    real = items_module.extract_text
+    real = items_module.extract_isolated
 
-    def flaky(key: str, data: bytes) -> str:
+    async def flaky(key: str, data: bytes) -> str:
         if key == "space.md":
             raise RuntimeError("a bug")
-        return real(key, data)
+        return await real(key, data)
 
-    monkeypatch.setattr(items_module, "extract_text", flaky)
+    monkeypatch.setattr(items_module, "extract_isolated", flaky)
     result = await runtime.sync("docs")
     assert result.status == "completed" and result.counts["completed"] == 2
     async with runtime.sessions() as session:
         item = (await session.scalars(select(Item).where(Item.key == "space.md"))).one()
     assert item.status == "error" and item.error == "internal error while indexing: RuntimeError"
-    monkeypatch.setattr(items_module, "extract_text", real)
+    monkeypatch.setattr(items_module, "extract_isolated", real)
     again = await runtime.sync("docs")  # retried: its version was not recorded
     assert again.counts["completed"] == 1
 
