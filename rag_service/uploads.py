@@ -21,10 +21,15 @@ def uploads_dir(settings: Settings, instance_id: str) -> Path:
     return (settings.instance_dir(instance_id) / UPLOADS).resolve()
 
 
+def unprintable(char: str) -> bool:
+    """Control, format (bidi overrides, zero-width) and surrogate characters."""
+    return unicodedata.category(char) in ("Cc", "Cf", "Cs")
+
+
 def safe_key(key: str) -> str:
     """An object key that stays inside its folder: relative, no `..`, no empty parts."""
     parts = PurePosixPath(key.replace("\\", "/")).parts
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in key):
+    if any(unprintable(c) for c in key):
         raise InvalidRequest("invalid item key: control and format characters are not allowed")
     if not key.strip() or key.startswith("/") or any(p.startswith(".") for p in parts):
         raise InvalidRequest(

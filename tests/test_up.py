@@ -19,7 +19,12 @@ from tests.serving import free_port
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     data = tmp_path_factory.mktemp("up-data")
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAGD_GENERATION_MAX_TOKENS": "48"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "RAGD_GENERATION_MAX_TOKENS": "48",
+        "RAGD_SOURCE_ROOTS": str(tmp_path_factory.getbasetemp()),  # the tests' folders
+    }
     env.pop("RAGD_API_TOKENS", None)
     proc = subprocess.Popen(
         [
@@ -98,7 +103,11 @@ def test_ai_search_streams_before_generation_ends_then_sources(service: tuple[st
     with httpx.stream(
         "POST",
         f"{base}/ai-search",
-        json={"query": "How hot should the water be for green tea?", "stream": True},
+        json={
+            "query": "How hot should the water be for green tea?",
+            "stream": True,
+            "model": "smollm2",
+        },  # the shipped LLM: it writes for a while
         headers={"Authorization": f"Bearer {token}"},
         timeout=120,
     ) as resp:
@@ -115,3 +124,23 @@ def test_ai_search_streams_before_generation_ends_then_sources(service: tuple[st
     sources = json.loads(arrivals[-2][1])
     assert sources["object"] == "vector_store.search_results.page"
     assert sources["data"][0]["filename"] == "green-tea.txt"
+
+
+def test_the_readme_questions_get_right_answers(service: tuple[str, str]) -> None:
+    """The offline default (extractive) on the README's own questions."""
+    base, token = service
+    search(base, token, "green tea")
+    expected = {
+        "How hot should the water be for green tea?": ("80 degrees", "green-tea.txt"),
+        "How long does sourdough bulk fermentation take?": ("four to six hours", "sourdough"),
+        "How do I fix a flat tyre?": ("puncture", "bicycle-maintenance.html"),
+    }
+    for question, (fact, source) in expected.items():
+        resp = httpx.post(
+            f"{base}/ai-search",
+            json={"query": question},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        answer = resp.json()["result"]["response"]
+        assert fact in answer and f"[{source}" in answer, (question, answer)

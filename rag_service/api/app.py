@@ -7,17 +7,18 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from litestar import Litestar, Router
+from litestar import Litestar, Request, Router
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from rag_service.api import health, legacy, metrics, playground
 from rag_service.api.auth import require_token
-from rag_service.api.errors import EXCEPTION_HANDLERS
+from rag_service.api.errors import EXCEPTION_HANDLERS, document_errors
 from rag_service.api.instances import InstancesController
 from rag_service.api.items import ItemsController
 from rag_service.api.jobs import JobsController
@@ -34,6 +35,21 @@ MAX_BODY_BYTES = 1024 * 1024
 AI_SEARCH = "/accounts/{account_id:str}/ai-search"
 
 Background = Callable[[Runtime], Coroutine[Any, Any, None]]
+BEARER = "bearer"  # the security scheme of every route but health, metrics and the playground
+
+
+class SchemaJson(JsonRenderPlugin):
+    """The OpenAPI schema as JSON, with the error envelope every failure is answered with."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._rendered: dict[int, bytes] = {}
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        key = id(openapi_schema)  # Litestar builds the schema once and keeps it
+        if key not in self._rendered:
+            self._rendered = {key: self.render_json(request, document_errors(openapi_schema))}
+        return self._rendered[key]
 
 
 def default_namespace(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -93,7 +109,12 @@ def create_app(
                 await asyncio.gather(task, return_exceptions=True)
             await rt.close()
 
-    protected = Router("/", route_handlers=[*legacy.ROUTES, *routes()], guards=[require_token])
+    protected = Router(
+        "/",
+        route_handlers=[*legacy.ROUTES, *routes()],
+        guards=[require_token],
+        security=[{BEARER: []}],
+    )
     app = Litestar(
         route_handlers=[*health.ROUTES, *metrics.ROUTES, *playground.ROUTES, protected],
         dependencies={
@@ -108,8 +129,17 @@ def create_app(
             title="rag-service",
             version="0.1.0",
             description="Cloudflare AutoRAG / AI Search compatible API",
-            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"])],
-            openapi_router=Router("/schema", route_handlers=[], guards=[require_token]),
+            render_plugins=[SchemaJson(path=["/", "/openapi.json"])],
+            openapi_router=Router(
+                "/schema", route_handlers=[], guards=[require_token], include_in_schema=False
+            ),
+            components=Components(
+                security_schemes={
+                    BEARER: SecurityScheme(
+                        type="http", scheme="bearer", description="An API token of ragd"
+                    )
+                }
+            ),
         ),
         debug=False,
     )

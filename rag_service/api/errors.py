@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -39,8 +40,12 @@ def rag_error_handler(_: Request[Any, Any, Any], exc: RagError) -> Response[dict
     return _respond(status, exc.code, exc.message)
 
 
-def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+def http_error_handler(
+    request: Request[Any, Any, Any], exc: HTTPException
+) -> Response[dict[str, Any]]:
     message = exc.detail or "request failed"
+    if message.startswith("Validation failed for "):  # Litestar's names the URL: drop its query
+        message = f"Validation failed for {request.method} {request.url.path}"
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
         first = exc.extra[0]
         if isinstance(first, dict) and first.get("message"):
@@ -55,6 +60,48 @@ def unexpected_error_handler(
 ) -> Response[dict[str, Any]]:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _respond(500, 7500, "internal error")
+
+
+# --- The same in the OpenAPI schema ----------------------------------------------------------
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Cloudflare's envelope of a failed request",
+    "required": ["success", "errors", "messages", "result"],
+    "properties": {
+        "success": {"const": False},
+        "errors": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+            },
+        },
+        "messages": {"type": "array"},
+        "result": {"type": "null"},
+    },
+}
+_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI document (as a dict) whose operations answer client mistakes (any 4xx) with
+    ERROR_SCHEMA, as the handlers above make them do, not with Litestar's own error body."""
+    out = copy.deepcopy(schema)
+    out.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for item in out.get("paths", {}).values():
+        for method in _METHODS:
+            responses = item.get(method, {}).get("responses")
+            if responses is None:
+                continue
+            for status, response in list(responses.items()):
+                if status.startswith("4"):
+                    responses[status] = {**response, "content": content}
+            responses.setdefault("4XX", {"description": "A client mistake", "content": content})
+    return out
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {

@@ -2,34 +2,68 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from litestar import Controller, Request, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
+from pydantic import Field
 
 from rag_service import instance_changes, instances, records
 from rag_service.api.errors import envelope
-from rag_service.api.paging import check_page, paged
-from rag_service.api.requests import read_object
+from rag_service.api.paging import Page, PerPage, Search, check_page, check_search, paged
+from rag_service.api.requests import json_body, read_object
 from rag_service.api.views import NAMESPACE, instance_view, iso
 from rag_service.errors import Conflict, InvalidRequest
-from rag_service.instances import InstanceConfig
+from rag_service.instances import INSTANCE_ID, SYNC_INTERVALS, InstanceConfig
 from rag_service.job_runner import JobRunner
 from rag_service.models import Instance
 from rag_service.runtime import Runtime
 from rag_service.stats import instance_stats
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 RENAMED = {"aisearch_model": "ai_search_model", "system_prompt_aisearch": "system_prompt"}
 CONFIG_FIELDS = frozenset(InstanceConfig.model_fields) - {"system_prompt"}
 ACCEPTED = frozenset({"id", "source", "hybrid_search_enabled", *RENAMED}) | CONFIG_FIELDS
 
 
+class InstanceUpdate(InstanceConfig):
+    """An AI Search instance's fields; unknown fields are accepted, unused and named in
+    `messages`."""
+
+    id: str | None = None
+    source: str | None = Field(
+        None,
+        max_length=4096,
+        pattern=r"^[^\x00-\x1f\x7f-\x9f]*$",
+        description="a folder path, s3://bucket/prefix or a bucket name",
+    )
+    hybrid_search_enabled: bool | None = None
+    aisearch_model: str | None = None
+    system_prompt_aisearch: str | None = None
+    sync_interval: int = Field(21600, json_schema_extra={"enum": list(SYNC_INTERVALS)})
+
+
+class InstanceCreate(InstanceUpdate):
+    """A new AI Search instance; unknown fields are accepted, unused and named in `messages`."""
+
+    id: str = Field(pattern=INSTANCE_ID.pattern, description="the new instance's id")
+
+
+INSTANCE_BODY = {"additionalProperties": True}
+
+
 def config_changes(body: dict[str, Any]) -> tuple[str | None, dict[str, Any], list[str]]:
     """AI Search's instance fields -> (source, config changes, fields accepted but unused)."""
     source = body.get("source")
-    if source is not None and (not isinstance(source, str) or len(source) > 4096):
-        raise InvalidRequest("source must be a folder path, s3://bucket/prefix or a bucket name")
+    if source is not None and (
+        not isinstance(source, str) or len(source) > 4096 or CONTROL.search(source)
+    ):
+        raise InvalidRequest(
+            "source must be a folder path, s3://bucket/prefix or a bucket name "
+            "(without control characters)"
+        )
     if body.get("type") == "web-crawler":
         raise InvalidRequest(
             "web-crawler sources are not supported: use a folder path, s3://bucket/prefix or an "
@@ -41,6 +75,8 @@ def config_changes(body: dict[str, Any]) -> tuple[str | None, dict[str, Any], li
         if v is not None and RENAMED.get(k, k) in CONFIG_FIELDS | {"system_prompt"}
     }
     hybrid = body.get("hybrid_search_enabled")
+    if hybrid is not None and not isinstance(hybrid, bool):
+        raise InvalidRequest("hybrid_search_enabled must be true or false")
     if isinstance(hybrid, bool) and "index_method" not in body:
         changes["index_method"] = {"vector": True, "keyword": hybrid}
     unused = sorted(k for k in body if k not in ACCEPTED)
@@ -67,14 +103,15 @@ class InstancesController(Controller):
     async def list_instances(
         self,
         runtime: NamedDependency[Runtime],
-        page: FromQuery[int] = 1,
-        per_page: FromQuery[int] = 20,
-        search: FromQuery[str | None] = None,
+        page: Page = 1,
+        per_page: PerPage = 20,
+        search: Search = None,
         namespace: FromQuery[str | None] = None,
         order_by: FromQuery[Literal["created_at"]] = "created_at",
         order_by_direction: FromQuery[Literal["asc", "desc"]] = "asc",
     ) -> dict[str, Any]:
         check_page(page, per_page)
+        check_search(search)
         if namespace not in (None, NAMESPACE):
             return paged([], page, per_page, 0)
         rows = await records.find_instances(
@@ -84,7 +121,7 @@ class InstancesController(Controller):
         shown = [await view(runtime, r) for r in rows[start : start + per_page]]
         return paged(shown, page, per_page, len(rows))
 
-    @post("/", status_code=200)
+    @post("/", status_code=200, operation_class=json_body(InstanceCreate, **INSTANCE_BODY))
     async def create_instance(
         self, runtime: NamedDependency[Runtime], request: Request[Any, Any, Any]
     ) -> Any:
@@ -105,7 +142,7 @@ class InstancesController(Controller):
         row, _ = await runtime.instances.get(instance_id)
         return envelope(await view(runtime, row))
 
-    @put("/{instance_id:str}")
+    @put("/{instance_id:str}", operation_class=json_body(InstanceUpdate, **INSTANCE_BODY))
     async def update_instance(
         self,
         runtime: NamedDependency[Runtime],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import mimetypes
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -12,13 +11,13 @@ from litestar import Controller, Request, Response, delete, get, patch, post, pu
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rag_service import records, uploads
 from rag_service.api.errors import envelope
 from rag_service.api.options import Lenient
-from rag_service.api.paging import check_page, paged
-from rag_service.api.requests import read_json
+from rag_service.api.paging import Page, PerPage, Search, check_page, paged
+from rag_service.api.requests import json_body, parse_json, read_json
 from rag_service.api.views import NAMESPACE, iso, item_view
 from rag_service.errors import InvalidRequest, NotFound
 from rag_service.ingest.fetch import SizeLimits
@@ -28,6 +27,7 @@ from rag_service.models import ItemStatus
 from rag_service.query.options import request_filter
 from rag_service.records import item_id_for
 from rag_service.runtime import Runtime
+from rag_service.uploads import unprintable
 
 UPLOAD_MAX_BYTES = 11 * 1024 * 1024  # the text cap (10 MiB) and the form around it
 
@@ -39,6 +39,17 @@ class IndexRequest(Lenient):
 
 class KeyIndexRequest(IndexRequest):
     key: str = Field(min_length=1, max_length=1024)
+
+    @field_validator("key")
+    @classmethod
+    def _a_key_of_the_source(cls, key: str) -> str:
+        """A key inside the source: relative, no `..` part, no control characters."""
+        parts = key.replace("\\", "/").split("/")
+        if key.startswith("/") or ".." in parts or any(unprintable(c) for c in key):
+            raise ValueError(
+                "use a relative key such as 'docs/guide.md' (no '..' or control characters)"
+            )
+        return key
 
 
 def pending_view(instance_id: str, key: str) -> dict[str, Any]:
@@ -88,10 +99,7 @@ def attachment(name: str) -> str:
 def metadata_filter(raw: str | None) -> Any:
     if not raw:
         return None
-    try:
-        return request_filter(json.loads(raw))
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"metadata_filter must be JSON (a Vectorize filter): {exc}") from exc
+    return request_filter(parse_json(raw, "metadata_filter"))
 
 
 class ItemsController(Controller):
@@ -102,12 +110,12 @@ class ItemsController(Controller):
         self,
         runtime: NamedDependency[Runtime],
         instance_id: FromPath[str],
-        page: FromQuery[int] = 1,
-        per_page: FromQuery[int] = 20,
+        page: Page = 1,
+        per_page: PerPage = 20,
         item_id: FromQuery[str | None] = None,
         key: FromQuery[str | None] = None,
         status: FromQuery[ItemStatus | None] = None,
-        search: FromQuery[str | None] = None,
+        search: Search = None,
         sort_by: FromQuery[Literal["status", "modified_at"]] = "status",
         metadata_filter_json: Annotated[str | None, QueryParameter(name="metadata_filter")] = None,
     ) -> dict[str, Any]:
@@ -127,7 +135,7 @@ class ItemsController(Controller):
         )
         return paged([item_view(i) for i in rows], page, per_page, total)
 
-    @put("/")
+    @put("/", operation_class=json_body(KeyIndexRequest))
     async def index_by_key(
         self,
         runtime: NamedDependency[Runtime],
@@ -173,7 +181,7 @@ class ItemsController(Controller):
     ) -> dict[str, Any]:
         return envelope(item_view(await records.get_item(runtime.sessions, instance_id, item_id)))
 
-    @patch("/{item_id:str}")
+    @patch("/{item_id:str}", operation_class=json_body(IndexRequest))
     async def sync_item(
         self,
         runtime: NamedDependency[Runtime],

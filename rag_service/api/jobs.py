@@ -6,14 +6,14 @@ from typing import Any
 
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 from pydantic import Field
 
 from rag_service import records
 from rag_service.api.errors import envelope
 from rag_service.api.options import Lenient
-from rag_service.api.paging import check_page, paged
-from rag_service.api.requests import read_json
+from rag_service.api.paging import Page, PerPage, check_page, paged
+from rag_service.api.requests import json_body, read_json
 from rag_service.api.views import job_view, log_view, queued_job_view
 from rag_service.errors import NotFound
 from rag_service.job_runner import JobRunner
@@ -21,6 +21,8 @@ from rag_service.runtime import Runtime
 
 
 class JobCreate(Lenient):
+    """A sync job of the instance (the body is optional)."""
+
     description: str | None = Field(None, max_length=1000)
 
 
@@ -34,7 +36,7 @@ async def read_job_body(request: Request[Any, Any, Any]) -> JobCreate:
 class JobsController(Controller):
     path = "/instances/{instance_id:str}/jobs"
 
-    @post("/", status_code=200)
+    @post("/", status_code=200, operation_class=json_body(JobCreate, required=False))
     async def create_job(
         self,
         runtime: NamedDependency[Runtime],
@@ -57,8 +59,8 @@ class JobsController(Controller):
         self,
         runtime: NamedDependency[Runtime],
         instance_id: FromPath[str],
-        page: FromQuery[int] = 1,
-        per_page: FromQuery[int] = 20,
+        page: Page = 1,
+        per_page: PerPage = 20,
     ) -> dict[str, Any]:
         check_page(page, per_page)
         await runtime.instances.get(instance_id)
@@ -87,8 +89,8 @@ class JobsController(Controller):
         runtime: NamedDependency[Runtime],
         instance_id: FromPath[str],
         job_id: FromPath[str],
-        page: FromQuery[int] = 1,
-        per_page: FromQuery[int] = 50,
+        page: Page = 1,
+        per_page: PerPage = 50,
     ) -> dict[str, Any]:
         check_page(page, per_page)
         await runtime.instances.get(instance_id)

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rag_service.api.errors import envelope
 from rag_service.api.options import note_messages
-from rag_service.api.requests import read_json
-from rag_service.api.search import cache_headers
+from rag_service.api.requests import json_body, read_json
+from rag_service.api.search import cache_headers, stream_error, whole_answer
 from rag_service.api.shapes import legacy_page
 from rag_service.api.sse import DONE, event_stream, sse
 from rag_service.instance_registry import DEFAULT_INSTANCE
@@ -34,6 +34,8 @@ class Reranking(BaseModel):
 
 
 class LegacySearchRequest(BaseModel):
+    """AutoRAG's search and ai-search body."""
+
     model_config = ConfigDict(extra="ignore")
 
     query: str = Field(min_length=1, max_length=10_000)
@@ -53,6 +55,10 @@ class LegacySearchRequest(BaseModel):
         if not value.strip():
             raise ValueError("query must not be blank")
         return value
+
+
+LEGACY_SEARCH = json_body(LegacySearchRequest)
+LEGACY_ANSWER = json_body(LegacySearchRequest, streams=True)  # `stream`: server-sent events
 
 
 def query_options(body: LegacySearchRequest) -> QueryOptions:
@@ -96,8 +102,7 @@ async def legacy_ai_search(
         route="autorag",
     )
     if not body.stream:
-        async with contextlib.aclosing(reply.pieces) as pieces:
-            text = "".join([p async for p in pieces])
+        text = await whole_answer(request, reply)
         result = envelope(legacy_page(reply.search_query, reply.used, text))
         result["messages"] = note_messages(reply.notes)
         return Response(result, headers=cache_headers(reply))
@@ -108,7 +113,7 @@ async def legacy_ai_search(
                 async for piece in pieces:
                     yield sse({"response": piece})
         except Exception as exc:  # the stream has started: report in-band
-            yield sse({"error": getattr(exc, "message", "generation failed")})
+            yield sse({"error": stream_error(exc)})
         yield sse(legacy_page(reply.search_query, reply.used))
         yield DONE
 
@@ -120,28 +125,36 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     return runtime
 
 
-@post("/search", status_code=200)
+@post("/search", status_code=200, operation_class=LEGACY_SEARCH)
 async def search_default(
     request: Request[Any, Any, Any], instance: FromQuery[str] = DEFAULT_INSTANCE
 ) -> Any:
     return await legacy_search(_runtime(request), instance, request)
 
 
-@post("/ai-search", status_code=200)
+@post("/ai-search", status_code=200, operation_class=LEGACY_ANSWER)
 async def ai_search_default(
     request: Request[Any, Any, Any], instance: FromQuery[str] = DEFAULT_INSTANCE
 ) -> Any:
     return await legacy_ai_search(_runtime(request), instance, request)
 
 
-@post("/accounts/{account_id:str}/autorag/rags/{name:str}/search", status_code=200)
+@post(
+    "/accounts/{account_id:str}/autorag/rags/{name:str}/search",
+    status_code=200,
+    operation_class=LEGACY_SEARCH,
+)
 async def autorag_search(
     request: Request[Any, Any, Any], account_id: FromPath[str], name: FromPath[str]
 ) -> Any:
     return await legacy_search(_runtime(request), name, request)
 
 
-@post("/accounts/{account_id:str}/autorag/rags/{name:str}/ai-search", status_code=200)
+@post(
+    "/accounts/{account_id:str}/autorag/rags/{name:str}/ai-search",
+    status_code=200,
+    operation_class=LEGACY_ANSWER,
+)
 async def autorag_ai_search(
     request: Request[Any, Any, Any], account_id: FromPath[str], name: FromPath[str]
 ) -> Any:

@@ -75,11 +75,14 @@ class Metrics:
             self.items.labels(instance, status).set(n)
 
 
-@get("/metrics", exclude_from_auth=True)
+METRICS_TYPE = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+
+
+@get("/metrics", exclude_from_auth=True, media_type=METRICS_TYPE)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     m: Metrics = request.app.state.metrics
     await m.refresh(request.app.state.runtime)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(m.registry), media_type=METRICS_TYPE)
 
 
 ROUTES = [metrics]

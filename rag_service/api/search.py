@@ -16,7 +16,7 @@ from litestar.params import FromPath
 
 from rag_service.api.errors import envelope
 from rag_service.api.options import ChatRequest, SearchRequest, note_messages
-from rag_service.api.requests import read_json
+from rag_service.api.requests import json_body, read_json
 from rag_service.api.shapes import aisearch_chunk, aisearch_search_result
 from rag_service.api.sse import DONE, event_stream, sse
 from rag_service.errors import ClientGone, RagError, public_message
@@ -108,7 +108,7 @@ def delta(completion_id: str, model: str, content: str | None, finish: str | Non
 class SearchController(Controller):
     path = "/instances/{instance_id:str}"
 
-    @post("/search", status_code=200)
+    @post("/search", status_code=200, operation_class=json_body(SearchRequest))
     async def search(
         self,
         runtime: NamedDependency[Runtime],
@@ -124,7 +124,9 @@ class SearchController(Controller):
         result["messages"] = note_messages(found.notes)
         return result
 
-    @post("/chat/completions", status_code=200)
+    @post(
+        "/chat/completions", status_code=200, operation_class=json_body(ChatRequest, streams=True)
+    )
     async def chat_completions(
         self,
         runtime: NamedDependency[Runtime],

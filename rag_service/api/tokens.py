@@ -5,18 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, delete, get, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 from pydantic import Field
 
 from rag_service.api.auth import token_identity
 from rag_service.api.errors import envelope
 from rag_service.api.options import Lenient
-from rag_service.api.paging import check_page, paged
-from rag_service.api.requests import read_json
+from rag_service.api.paging import Page, PerPage, check_page, paged
+from rag_service.api.requests import json_body, read_json
 from rag_service.tokens import StoredToken, TokenStore
 
 
 class TokenCreate(Lenient):
+    """A new API token; `policies` are accepted and ignored."""
+
     name: str = Field(min_length=1, max_length=120)
     policies: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -43,7 +45,7 @@ class TokensController(Controller):
 
     path = "/tokens"
 
-    @post("/", status_code=200)
+    @post("/", status_code=200, operation_class=json_body(TokenCreate))
     async def create_token(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         body = await read_json(request, TokenCreate)
         token, value = store(request).create(body.name)
@@ -53,8 +55,8 @@ class TokensController(Controller):
     async def list_tokens(
         self,
         request: Request[Any, Any, Any],
-        page: FromQuery[int] = 1,
-        per_page: FromQuery[int] = 20,
+        page: Page = 1,
+        per_page: PerPage = 20,
     ) -> dict[str, Any]:
         check_page(page, per_page)
         tokens = store(request).list()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,24 +22,58 @@ OPS = EQ_OPS + SET_OPS + RANGE_OPS
 COMPARISON_TYPES = ("eq", "ne", "gt", "gte", "lt", "lte")
 COMPOUND_TYPES = ("and", "or")
 AUTORAG_TYPES = COMPARISON_TYPES + COMPOUND_TYPES
+MAX_DEPTH = 32  # compound filters within compound filters
+MAX_FIELD_CHARS = 512  # Vectorize's limit on a metadata key
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
 _MISSING = object()
 MISSING, NULL, BOOL, NUM, STR, OTHER = range(6)
 _RANGE = {"$lt": np.less, "$lte": np.less_equal, "$gt": np.greater, "$gte": np.greater_equal}
 BoolArray = npt.NDArray[np.bool_]
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
 
 
-def _is_scalar(v: object) -> bool:
-    return isinstance(v, str | int | float) and v == v  # bool is an int; NaN is refused
+def _shown(value: object) -> str:
+    """Client data for a message: shortened."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _scalar_problem(v: object) -> str | None:
+    """What is wrong with `v` as a filter's value, or None: a value is a boolean, a finite
+    number (a double, as Vectorize stores numbers) or a string free of control characters."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        try:
+            if math.isfinite(float(v)):
+                return None
+        except OverflowError:
+            pass
+        shown = f"float {v}" if isinstance(v, float) else f"an int of {len(str(abs(v)))} digits"
+        return f"numbers must be finite and at most about 1.8e308, got {shown}"
+    if isinstance(v, str):
+        return "strings must not hold control characters" if _CONTROL.search(v) else None
+    return f"got {type(v).__name__}"
 
 
 def _check_field(name: object) -> str:
     if not isinstance(name, str) or not name:
-        raise InvalidRequest("filter field names must be non-empty strings")
+        raise InvalidRequest(
+            f"filter field names must be non-empty strings, got {_shown(name)} "
+            f"({type(name).__name__})"
+        )
+    if len(name) > MAX_FIELD_CHARS:
+        raise InvalidRequest(
+            f"filter field {_shown(name)} is invalid: longer than {MAX_FIELD_CHARS} characters"
+        )
     if "." in name or '"' in name or name.startswith("$"):
         raise InvalidRequest(
             f"filter field {name!r} is invalid: field names must not contain '.' or '\"' "
             "nor start with '$'"
         )
+    if _CONTROL.search(name):
+        raise InvalidRequest(f"filter field {name!r} is invalid: it holds a control character")
     return name
 
 
@@ -48,18 +85,20 @@ def _check_value(field: str, op: str, v: object) -> Any:
     if op in SET_OPS:
         if not isinstance(v, list | tuple) or not v:
             raise InvalidRequest(f"filter {field}.{op} takes a non-empty list of values")
-        if not all(_is_scalar(x) for x in v):
-            raise InvalidRequest(
-                f"filter {field}.{op} list items must be strings, numbers or booleans"
-            )
+        for x in v:
+            if problem := _scalar_problem(x):
+                raise InvalidRequest(
+                    f"filter {field}.{op} list items must be strings, numbers or booleans: "
+                    f"{problem}"
+                )
         return list(v)
     if isinstance(v, list | tuple):
         raise InvalidRequest(f"filter {field}.{op} takes a single value; use $in for a list")
     if v is None and op in EQ_OPS:
         return None
-    if not _is_scalar(v):
+    if problem := _scalar_problem(v):
         allowed = "a string, number, boolean or null" if op in EQ_OPS else "a string or number"
-        raise InvalidRequest(f"filter {field}.{op} takes {allowed}, got {type(v).__name__}")
+        raise InvalidRequest(f"filter {field}.{op} takes {allowed}: {problem}")
     return v
 
 
@@ -80,7 +119,7 @@ def validate_filter(f: object) -> NormFilter:
         for op, v in cond.items():
             if op not in OPS:
                 raise InvalidRequest(
-                    f"unknown filter operator {op!r} on {field!r}; allowed: {', '.join(OPS)}"
+                    f"unknown filter operator {_shown(op)} on {field!r}; allowed: {', '.join(OPS)}"
                 )
             ops[op] = _check_value(field, op, v)
         out[field] = ops
@@ -91,14 +130,19 @@ def _add(out: NormFilter, key: str, op: str, value: Any) -> None:
     ops = out.setdefault(key, {})
     if op in ops and ops[op] != value:
         raise InvalidRequest(
-            f"conflicting filters on {key!r}: {op} {ops[op]!r} and {value!r}; keep only one"
+            f"conflicting filters on {_shown(key)}: {op} {_shown(ops[op])} and {_shown(value)}; "
+            "keep only one"
         )
     ops[op] = value
 
 
-def _translate(obj: object, out: NormFilter) -> None:
+def _translate(obj: object, out: NormFilter, depth: int = 1) -> None:
     if not isinstance(obj, Mapping):
         raise InvalidRequest("each filter must be an object with a 'type'")
+    if depth > MAX_DEPTH:
+        raise InvalidRequest(
+            f"the filter is nested too deeply: compound filters go at most {MAX_DEPTH} levels deep"
+        )
     kind = obj.get("type")
     if kind in COMPARISON_TYPES:
         key, value = obj.get("key"), obj.get("value", _MISSING)
@@ -111,20 +155,25 @@ def _translate(obj: object, out: NormFilter) -> None:
             raise InvalidRequest(f"compound filter {kind!r} needs a list 'filters'")
         if kind == "and":
             for m in members:
-                _translate(m, out)
+                _translate(m, out, depth + 1)
             return
-        keys = {m.get("key") for m in members if isinstance(m, Mapping)}
         eq_only = all(isinstance(m, Mapping) and m.get("type") == "eq" for m in members)
-        if not members or not eq_only or len(keys) != 1:
+        if not members or not eq_only:
             raise InvalidRequest(
                 "compound 'or' filters are supported only over eq on one key (becomes $in)"
             )
-        key = keys.pop()
-        if not isinstance(key, str) or any("value" not in m for m in members):
+        keys = [m.get("key") for m in members]
+        if not all(isinstance(k, str) for k in keys) or any("value" not in m for m in members):
             raise InvalidRequest("comparison filter 'eq' needs a string 'key' and a 'value'")
-        _add(out, key, "$in", [m["value"] for m in members])
+        if len(set(keys)) != 1:
+            raise InvalidRequest(
+                "compound 'or' filters are supported only over eq on one key (becomes $in)"
+            )
+        _add(out, keys[0], "$in", [m["value"] for m in members])
     else:
-        raise InvalidRequest(f"unknown filter type {kind!r}; allowed: {', '.join(AUTORAG_TYPES)}")
+        raise InvalidRequest(
+            f"unknown filter type {_shown(kind)}; allowed: {', '.join(AUTORAG_TYPES)}"
+        )
 
 
 def autorag_to_vectorize(obj: object) -> NormFilter:

@@ -35,6 +35,7 @@ _MAX_TERMS = 64
 _SQL_BATCH = 500
 _MAX_COLUMNS = 64
 _WORD = re.compile(r"\w+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never part of a keyword: a NUL ends an FTS5 string
 _JSON_KIND = dict(null=flt.NULL, true=flt.BOOL, false=flt.BOOL, integer=flt.NUM, real=flt.NUM)
 _JSON_KIND["text"] = flt.STR
 _OLD, _NEW = (f"json_extract({r}.metadata, '$.text')" for r in ("old", "new"))
@@ -411,6 +412,9 @@ class LocalIndex:
         return self._fetch([(self._ids[p], s) for p, s in top])
 
     def _match_expr(self, text: str, mode: str) -> str | None:
+        """An FTS5 query for the words of `text`; control characters separate words, as spaces
+        do (the porter tokenizer's words never hold them; trigram's would)."""
+        text = _CONTROL.sub(" ", text)
         if self.keyword_tokenizer == "porter":
             words = content_words(_WORD.findall(text))
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -120,7 +121,7 @@ def request_filter(obj: object) -> NormFilter | None:
 
 
 def _seconds(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,20}\s*", value):
         value = int(value)
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 1e11:
         return int(value // 1000)

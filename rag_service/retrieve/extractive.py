@@ -216,10 +216,11 @@ async def choose(
 async def extractive_answer(
     embedder: Embedder, question: str, chunks: Sequence[ScoredChunk]
 ) -> AsyncGenerator[str, None]:
-    """The chosen sentences, each followed by its file in brackets, one piece each."""
+    """The chosen sentences, each followed by its file in brackets, streamed word by word."""
     chosen = await choose(embedder, question, chunks)
     if not chosen:
         yield NOT_FOUND_ANSWER
         return
-    for n, s in enumerate(chosen):
-        yield f"{' ' if n else ''}{s.text} [{s.key}]"
+    text = " ".join(f"{s.text} [{s.key}]" for s in chosen)
+    for word in re.findall(r"\s*\S+", text):  # a word at a time, as a model would stream
+        yield word

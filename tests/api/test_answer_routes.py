@@ -15,7 +15,8 @@ CHAT = "/accounts/acc/ai-search/instances/default/chat/completions"
 async def test_the_default_answer_is_extracted_and_cited(
     settings: Settings, tmp_path: Path
 ) -> None:
-    async with served(settings, tmp_path / "src", generator_factory=lambda cfg: 1 / 0) as http:
+    no_llm = {"generator_factory": lambda cfg: 1 / 0, "answer_model": None}
+    async with served(settings, tmp_path / "src", **no_llm) as http:
         http.headers.update(AUTH)
         asked = {"query": "What do you do with the bread dough and the loaf?"}
         found = (await http.post("/ai-search", json=asked)).json()["result"]

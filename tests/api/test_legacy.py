@@ -28,10 +28,12 @@ def database_url(tmp_path: Path) -> str:
 
 @asynccontextmanager
 async def served(
-    settings: Settings, src: Path, **factories: Any
+    settings: Settings, src: Path, answer_model: str | None = "smollm2", **factories: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the API over two synced documents in `src`: kitchen/recipes/bread.md and
-    garden.md. `factories`: more Runtime provider factories (generator_factory, ...)."""
+    garden.md. `factories`: more Runtime provider factories (generator_factory, ...); answers
+    come from the generator factory's model (`answer_model`; None: the default, extractive)."""
+    settings.generation_model = answer_model
     (src / "kitchen/recipes").mkdir(parents=True)
     (src / "kitchen/recipes/bread.md").write_text(
         "Knead the bread dough and bake the loaf in a hot oven."
