@@ -10,7 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from rag_service.errors import RagError
+from rag_service.errors import RagError, UpstreamError, public_message
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,14 @@ def _respond(status: int, code: int, message: str) -> Response[dict[str, Any]]:
     return Response(error_body(code, message), status_code=status)
 
 
-def rag_error_handler(_: Request[Any, Any, Any], exc: RagError) -> Response[dict[str, Any]]:
+def rag_error_handler(
+    request: Request[Any, Any, Any], exc: RagError
+) -> Response[dict[str, Any]]:
+    """Our errors as Cloudflare's envelope; an upstream's own words go to the log only."""
     status = exc.status_code if exc.status_code < 500 else 502
-    return _respond(status, exc.code, exc.message)
+    if isinstance(exc, UpstreamError):
+        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+    return _respond(status, exc.code, public_message(exc))
 
 
 def http_error_handler(

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from rag_service.instances import InstanceConfig
 from rag_service.providers.protocols import ChatMessage, Generator, Usage
 from tests.api.test_legacy import AUTH, assert_error, database_url, served  # noqa: F401
 from tests.fakes import EchoGenerator
+from tests.serving import serve
 
 API = "/accounts/acc/ai-search/instances"
 
@@ -116,3 +118,29 @@ async def test_a_hang_up_stops_a_non_streamed_answer(
             await asyncio.sleep(0.05)
     assert slow.closed_at is not None and slow.closed_at - hung_up < 2.0
     assert slow.written < 60  # 200 words would take 10 s
+
+
+async def failing_server(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An answer server that fails with its own internals in the body."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 500, "headers": []})
+    await send({"type": "http.response.body", "body": b"Traceback at /srv/llm/secret.py: OOM"})
+
+
+async def test_an_upstream_error_is_summarised_not_echoed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with serve(failing_server) as upstream:
+        settings.generation_url = f"{upstream}/v1"
+        kind = {"generator_factory": None, "answer_model": "upstream-model"}
+        async with served(settings, tmp_path / "src", **kind) as http:
+            http.headers.update(AUTH)
+            resp = await http.post("/ai-search", json={"query": "bread"})
+            assert resp.status_code == 502
+            message = resp.json()["errors"][0]["message"]
+            assert message == "the answer server failed (HTTP 500)"
+            body = {"query": "bread", "stream": True}
+            async with http.stream("POST", "/ai-search", json=body) as streamed:
+                text = "".join([line async for line in streamed.aiter_lines()])
+            assert "the answer server failed (HTTP 500)" in text and "/srv" not in text
