@@ -34,6 +34,13 @@ class Unauthorized(RagError):
     code = 10000
 
 
+class Forbidden(RagError):
+    """A valid token whose scope does not cover the request."""
+
+    status_code = 403
+    code = 10001
+
+
 class Conflict(RagError):
     status_code = 409
     code = 7003

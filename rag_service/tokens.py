@@ -13,10 +13,49 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
-from rag_service.errors import NotFound
+from rag_service.errors import InvalidRequest, NotFound
 
 STORE_FILE = "api-tokens.json"
+
+
+Scope = Literal["read", "edit", "admin"]
+SCOPES: tuple[Scope, ...] = ("read", "edit", "admin")  # each allows what the ones before do
+# Cloudflare permission-group names a token's policies may use, and the scope each grants.
+PERMISSION_GROUPS: dict[str, Scope] = {
+    "ai search read": "read",
+    "autorag read": "read",
+    "ai search edit": "edit",
+    "ai search write": "edit",
+    "ai search run": "edit",
+    "autorag write": "edit",
+    "api tokens write": "admin",
+    "api tokens edit": "admin",
+}
+
+
+def scope_of(policies: list[dict[str, Any]]) -> Scope:
+    """The scope a token's Cloudflare-style policies grant: the widest permission group named
+    by an `allow` policy; no policy means `edit` (the whole AI Search API, not tokens). A
+    policy ragd cannot honour is refused, never read as admin."""
+    granted: list[Scope] = []
+    for n, policy in enumerate(policies):
+        if not isinstance(policy, dict) or policy.get("effect", "allow") != "allow":
+            raise InvalidRequest(f"policies[{n}]: only 'allow' policies are supported")
+        groups = policy.get("permission_groups")
+        if not isinstance(groups, list) or not groups:
+            raise InvalidRequest(f"policies[{n}]: permission_groups must list at least one group")
+        for group in groups:
+            name = group.get("name") if isinstance(group, dict) else None
+            scope = PERMISSION_GROUPS.get(str(name).strip().lower()) if name else None
+            if scope is None:
+                known = ", ".join(sorted({k.title() for k in PERMISSION_GROUPS}))
+                raise InvalidRequest(
+                    f"policies[{n}]: unknown permission group {str(name)[:80]!r}; known: {known}"
+                )
+            granted.append(scope)
+    return max(granted, key=SCOPES.index) if granted else "edit"
 
 
 @dataclass
@@ -26,6 +65,7 @@ class StoredToken:
     sha256: str
     issued_on: str
     status: str = "active"
+    scope: Scope = "edit"
 
 
 def _digest(value: str) -> str:
@@ -62,7 +102,7 @@ class TokenStore:
         os.replace(tmp, self.path)
         self._seen = None
 
-    def create(self, name: str) -> tuple[StoredToken, str]:
+    def create(self, name: str, scope: Scope = "edit") -> tuple[StoredToken, str]:
         """A new active token and its value (never stored)."""
         value = secrets.token_urlsafe(32)
         token = StoredToken(
@@ -70,6 +110,7 @@ class TokenStore:
             name=name,
             sha256=_digest(value),
             issued_on=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            scope=scope,
         )
         with self._lock:
             self._save([*self._load(), token])

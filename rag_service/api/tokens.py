@@ -13,11 +13,15 @@ from rag_service.api.errors import envelope
 from rag_service.api.options import Lenient
 from rag_service.api.paging import Page, PerPage, check_page, paged
 from rag_service.api.requests import json_body, read_json
-from rag_service.tokens import StoredToken, TokenStore
+from rag_service.tokens import StoredToken, TokenStore, scope_of
+
+SCOPE_GROUPS = {"read": "AI Search Read", "edit": "AI Search Edit", "admin": "API Tokens Write"}
 
 
 class TokenCreate(Lenient):
-    """A new API token; `policies` are accepted and ignored."""
+    """A new API token. `policies` (Cloudflare's shape) set its scope: "AI Search Read" (search
+    and read), "AI Search Edit" (the whole AI Search API) or "API Tokens Write" (also tokens);
+    none: edit. Anything else is refused."""
 
     name: str = Field(min_length=1, max_length=120)
     policies: list[dict[str, Any]] = Field(default_factory=list)
@@ -30,7 +34,9 @@ def token_view(token: StoredToken) -> dict[str, Any]:
         "status": token.status,
         "issued_on": token.issued_on,
         "modified_on": token.issued_on,
-        "policies": [],
+        "policies": [
+            {"effect": "allow", "permission_groups": [{"name": SCOPE_GROUPS[token.scope]}]}
+        ],
     }
 
 
@@ -40,15 +46,15 @@ def store(request: Request[Any, Any, Any]) -> TokenStore:
 
 
 class TokensController(Controller):
-    """Tokens made here are accepted like those of RAGD_API_TOKENS; `policies` are ignored
-    (every token may use the whole API)."""
+    """Tokens made here are accepted within their scope; only admin tokens (the operator's,
+    or one made with "API Tokens Write") manage tokens, though any token may revoke itself."""
 
     path = "/tokens"
 
     @post("/", status_code=200, operation_class=json_body(TokenCreate))
     async def create_token(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         body = await read_json(request, TokenCreate)
-        token, value = store(request).create(body.name)
+        token, value = store(request).create(body.name, scope_of(body.policies))
         return envelope({**token_view(token), "value": value})
 
     @get("/")
