@@ -114,8 +114,7 @@ async def legacy_ai_search(
                     yield sse({"response": piece})
         except Exception as exc:  # the stream has started: report in-band
             yield sse({"error": stream_error(exc)})
-        yield sse(legacy_page(reply.search_query, reply.used))
-        yield DONE
+        yield DONE  # AutoRAG's stream is the response alone
 
     return event_stream(events(), cache_headers(reply))
 

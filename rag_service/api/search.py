@@ -152,7 +152,9 @@ class SearchController(Controller):
 
 
 async def streamed(completion_id: str, reply: Answer) -> AsyncIterator[bytes]:
-    """OpenAI's chunk events as the model writes, then one event with the sources."""
+    """AI Search's order: the retrieved chunks first (`event: chunks`), then OpenAI's chunk
+    events as the model writes, then `[DONE]`."""
+    yield sse([aisearch_chunk(c) for c in reply.used], event="chunks")
     try:
         async with contextlib.aclosing(reply.pieces) as pieces:
             async for piece in pieces:
@@ -160,11 +162,4 @@ async def streamed(completion_id: str, reply: Answer) -> AsyncIterator[bytes]:
         yield delta(completion_id, reply.model, None, "stop")
     except Exception as exc:  # the stream has started: report in-band
         yield sse({"error": {"message": stream_error(exc)}})
-    yield sse(
-        {
-            "id": completion_id,
-            "object": "chat.completion.chunks",
-            "chunks": [aisearch_chunk(c) for c in reply.used],
-        }
-    )
     yield DONE

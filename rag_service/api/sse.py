@@ -11,8 +11,10 @@ from litestar.response import Stream
 DONE = b"data: [DONE]\n\n"
 
 
-def sse(data: Any) -> bytes:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+def sse(data: Any, event: str | None = None) -> bytes:
+    """One event; `event` names it (`event: chunks`), else it is a plain message."""
+    named = f"event: {event}\n" if event else ""
+    return f"{named}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 def event_stream(events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Stream:

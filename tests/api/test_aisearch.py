@@ -228,11 +228,16 @@ async def test_chat_completions_plain_and_streamed(client: httpx.AsyncClient) ->
     async with client.stream(
         "POST", f"{INSTANCE}/chat/completions", json={**body, "stream": True}, headers=AUTH
     ) as stream:
-        events = [line[6:] async for line in stream.aiter_lines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    deltas = [json.loads(e) for e in events[:-2]]
-    assert len(deltas) > 3 and deltas[-1]["choices"][0]["finish_reason"] == "stop"
-    assert json.loads(events[-2])["chunks"][0]["item"]["key"] == "kitchen/recipes/bread.md"
+        raw = "".join([part async for part in stream.aiter_text()])
+    # AI Search's exact order: the chunks as a named event first, then deltas, then [DONE].
+    blocks = raw.strip().split("\n\n")
+    assert blocks[0].startswith("event: chunks\ndata: [")
+    chunks = json.loads(blocks[0].split("\ndata: ", 1)[1])
+    assert chunks[0]["item"]["key"] == "kitchen/recipes/bread.md"
+    assert blocks[-1] == "data: [DONE]"
+    deltas = [json.loads(b.removeprefix("data: ")) for b in blocks[1:-1]]
+    assert len(deltas) > 3 and all(d["object"] == "chat.completion.chunk" for d in deltas)
+    assert deltas[-1]["choices"][0]["finish_reason"] == "stop"
 
 
 async def test_tokens_created_through_the_api(client: httpx.AsyncClient) -> None:  # noqa: F811

@@ -160,8 +160,5 @@ async def test_ai_search_plain_and_streamed(client: httpx.AsyncClient) -> None:
             if line.startswith("data: "):
                 events.append(line[6:])
     assert events[-1] == "[DONE]"
-    pieces = [json.loads(e) for e in events[:-2]]
-    assert len(pieces) > 3 and all("response" in p for p in pieces)
-    sources = json.loads(events[-2])
-    assert sources["object"] == "vector_store.search_results.page"
-    assert sources["data"][0]["filename"] == "kitchen/recipes/bread.md"
+    pieces = [json.loads(e) for e in events[:-1]]  # AutoRAG's stream: the response alone
+    assert len(pieces) > 3 and all(set(p) == {"response"} for p in pieces)

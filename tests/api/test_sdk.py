@@ -125,14 +125,16 @@ def test_chat_completions_streamed(client: Cloudflare) -> None:
         stream=True,
     ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        lines = list(response.iter_lines())
+    assert lines[0] == "event: chunks"  # the sources come first, as a named event
+    events = [line[6:] for line in lines if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
-    deltas = [json.loads(e) for e in events[:-2]]
+    sources = json.loads(events[0])
+    assert sources[0]["item"]["key"] == "green-tea.txt"
+    deltas = [json.loads(e) for e in events[1:-1]]
     assert len(deltas) >= 3 and all(d["object"] == "chat.completion.chunk" for d in deltas)
     text = "".join(d["choices"][0]["delta"].get("content", "") for d in deltas)
     assert text.strip() and deltas[-1]["choices"][0]["finish_reason"] == "stop"
-    sources = json.loads(events[-2])
-    assert sources["chunks"][0]["item"]["key"] == "green-tea.txt"
 
 
 def wait_for_job(client: Cloudflare, instance: str, job_id: str) -> JobGetResponse:
