@@ -16,15 +16,18 @@ from typing import Any
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import Job as ArqJob
 from arq.jobs import JobStatus as ArqStatus
+from redis.exceptions import RedisError
 
 from rag_service import records
 from rag_service.config import Settings
 from rag_service.errors import BackendError, RagError
+from rag_service.models import Job
 
 QUEUE = "ragd:queue"
 HEALTH_CHECK_SECONDS = 10
 SYNC_TASK, INDEX_ITEM_TASK, DELETE_ITEM_TASK = "sync_instance", "index_item", "delete_item"
 WORKER_START_WAIT_S = 5.0
+QUEUE_LOST_S = 30.0  # a sync the queue no longer knows and that never started
 
 # A holder that dies (kill -9) blocks the instance for at most this long.
 LOCK_TTL_MS = 30_000
@@ -91,7 +94,8 @@ async def instance_lock(redis: Any, instance_id: str, wait: float = 0.0) -> Asyn
     async def renew() -> None:
         while True:
             await asyncio.sleep(RENEW_EVERY_S)
-            await redis.eval(_RENEW, 1, key, token, LOCK_TTL_MS)
+            with contextlib.suppress(RedisError, OSError):  # Redis away: try at the next turn
+                await redis.eval(_RENEW, 1, key, token, LOCK_TTL_MS)
 
     renewer = asyncio.create_task(renew())
     try:
@@ -100,7 +104,8 @@ async def instance_lock(redis: Any, instance_id: str, wait: float = 0.0) -> Asyn
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
-        await redis.eval(_RELEASE, 1, key, token)
+        with contextlib.suppress(RedisError, OSError):  # the lock's TTL frees it then
+            await redis.eval(_RELEASE, 1, key, token)
 
 
 @contextlib.asynccontextmanager
@@ -160,18 +165,48 @@ async def sync_and_follow(
         if not await worker_alive(pool, WORKER_START_WAIT_S):
             raise RagError("no worker is running: start `ragd worker`, or sync here with --inline")
         job_id, queued = await enqueue_sync(pool, instance_id)
-        heard = time.monotonic()
-        while await queued.status() != ArqStatus.complete:
+        heard = lost = time.monotonic()
+        while True:
+            try:
+                status = await queued.status()
+                if status == ArqStatus.complete:
+                    return await task_result(queued)
+                alive: bool | None = bool(await pool.exists(health_check_key()))
+            except (RedisError, OSError):  # Redis away: the database still says how it went
+                status, alive = None, None
+            job = await records.get_job(sessions, instance_id, job_id)
+            if job is not None and job.ended_at is not None and status != ArqStatus.in_progress:
+                return job_summary(job)
+            if status != ArqStatus.not_found or job is not None:
+                lost = time.monotonic()
+            elif time.monotonic() - lost > QUEUE_LOST_S:
+                raise BackendError(
+                    "the queue lost the sync before it started (was Redis restarted?): run "
+                    "`ragd sync` again"
+                )
             progress(*await records.job_progress(sessions, job_id))
-            if await pool.exists(health_check_key()):
-                heard = time.monotonic()
+            if alive or alive is None:
+                heard = time.monotonic() if alive else heard
             elif time.monotonic() - heard > 2 * HEALTH_CHECK_SECONDS:
                 raise BackendError(
                     "the worker stopped during the sync: start `ragd worker` again and rerun "
                     "`ragd sync` (it carries on from the items already indexed)"
                 )
             await asyncio.sleep(0.5)
-        return await task_result(queued)
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """A finished job as the worker's task reports it."""
+    seconds = (
+        (job.ended_at - job.started_at).total_seconds() if job.started_at and job.ended_at else 0
+    )
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "end_reason": job.end_reason or "",
+        "counts": {k: v for k, v in job.counts.items() if k != "usage"},
+        "seconds": round(seconds, 3),
+    }
 
 
 async def task_result(queued: ArqJob) -> dict[str, Any]:

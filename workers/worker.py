@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from arq import cron
 from arq.worker import Worker
+from redis.exceptions import RedisError
 
 from rag_service.config import Settings
 from rag_service.queue import (
@@ -26,6 +29,21 @@ from workers.tasks import (
     sync_instance,
 )
 
+log = logging.getLogger("ragd.worker")
+REDIS_RETRY_S = 2.0
+
+
+class ResilientWorker(Worker):
+    """arq's worker, kept alive through a Redis outage: a poll that cannot reach Redis waits
+    and tries again (arq's own loop would end the process), running jobs go on."""
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("Redis is unreachable (%s): polling again in %.0f s", exc, REDIS_RETRY_S)
+            await asyncio.sleep(REDIS_RETRY_S)
+
 
 def build_worker(
     settings: Settings,
@@ -44,7 +62,7 @@ def build_worker(
     async def shutdown(ctx: dict[str, Any]) -> None:
         await rt.close()
 
-    return Worker(
+    return ResilientWorker(
         functions=[sync_instance, index_item, delete_item],
         cron_jobs=[cron(enqueue_due_syncs, second={0}, run_at_startup=True)],
         queue_name=QUEUE,

@@ -31,6 +31,7 @@ from rag_service.providers.usage import UsageMeter
 from rag_service.retrieve.cache import invalidate_items
 
 SETTLE_TIMEOUT_S = 120.0
+CRASH_RECORD_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)  # ~30 s to record why a sync crashed
 
 __all__ = ["SyncContext", "SyncProgress", "SyncResult", "delete_one", "index_one", "run_sync"]
 
@@ -139,8 +140,8 @@ async def _run_sync(
         await records.finish_job(ctx.sessions, job.id, "failed", reason, dict(counts))
         seconds = time.perf_counter() - started
         return SyncResult(job.id, "failed", reason, counts, seconds, exc.transient)
-    except BaseException:
-        await records.finish_job(ctx.sessions, job.id, "failed", "sync crashed", dict(counts))
+    except BaseException as exc:
+        await finish_after_crash(ctx, job.id, exc, dict(counts))
         raise
     reason = (
         f"{counts['completed']} indexed, {counts['error']} errors, {counts['skipped']} skipped, "
@@ -149,6 +150,24 @@ async def _run_sync(
     await records.log_line(ctx.sessions, job.id, f"done: {reason}")
     await records.finish_job(ctx.sessions, job.id, "completed", reason, dict(counts))
     return SyncResult(job.id, "completed", reason, counts, time.perf_counter() - started)
+
+
+async def finish_after_crash(
+    ctx: SyncContext, job_id: str, exc: BaseException, counts: dict[str, Any]
+) -> None:
+    """Close a job that an unexpected error (a lost database connection, say) or a
+    cancellation ended, with a reason; the database may be the thing that failed, so keep
+    trying for a while (the next sync marks a job left running as interrupted anyway)."""
+    cancelled = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit)
+    reason = "sync stopped" if cancelled else f"sync crashed: {type(exc).__name__}: {exc}"[:500]
+    for delay in CRASH_RECORD_DELAYS_S:
+        try:
+            await records.finish_job(ctx.sessions, job_id, "failed", reason, counts)
+            return
+        except Exception:  # most likely the database itself: wait and try again
+            if cancelled:
+                return
+            await asyncio.sleep(delay)
 
 
 async def drop_cached_answers(ctx: SyncContext, item_ids: list[str]) -> None:
@@ -230,8 +249,8 @@ async def index_one(ctx: SyncContext, key: str, job_source: str = "user") -> Out
     except RagError as exc:
         await records.finish_job(ctx.sessions, job.id, "failed", exc.message, {})
         raise
-    except BaseException:
-        await records.finish_job(ctx.sessions, job.id, "failed", "sync crashed", {})
+    except BaseException as exc:
+        await finish_after_crash(ctx, job.id, exc, {})
         raise
     reason = f"{key}: {outcome.status} ({outcome.detail})"
     await records.log_line(ctx.sessions, job.id, reason)
