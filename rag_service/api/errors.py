@@ -35,9 +35,7 @@ def _respond(status: int, code: int, message: str) -> Response[dict[str, Any]]:
     return Response(error_body(code, message), status_code=status)
 
 
-def rag_error_handler(
-    request: Request[Any, Any, Any], exc: RagError
-) -> Response[dict[str, Any]]:
+def rag_error_handler(request: Request[Any, Any, Any], exc: RagError) -> Response[dict[str, Any]]:
     """Our errors as Cloudflare's envelope; an upstream's own words go to the log only."""
     status = exc.status_code if exc.status_code < 500 else 502
     if isinstance(exc, UpstreamError):
