@@ -120,3 +120,37 @@ async def test_an_upload_during_a_worker_sync_waits_and_both_are_done(
         assert late_job.started_at >= sync_job.ended_at
         found = await check.pipeline.search("docs", "comets")
         assert found.chunks and found.chunks[0].key == "late.md"
+
+
+async def test_under_ragd_up_an_upload_during_a_sync_is_indexed_after_it(
+    settings: Settings,
+) -> None:
+    """The same with syncs in the API's own process (`ragd up`): the upload waits for the
+    sync on the process's lock instead of being dropped."""
+    settings.ingest_window_chunks = 2
+    rt = runtime(settings, SlowEmbedder())
+    async with (
+        serve(create_app(settings, rt)) as url,
+        httpx.AsyncClient(base_url=url, headers=AUTH) as http,
+    ):
+        assert (await http.post("/accounts/a/ai-search/instances", json={"id": "docs"})).is_success
+        for n in range(DOCS):
+            path = settings.instance_dir("docs") / "uploads" / f"doc{n:02}.md"
+            path.write_text(f"Document {n} is about topic number {n}.")
+        job_id = (await http.post(f"{BASE}/jobs")).json()["result"]["id"]
+        assert rt.is_syncing("docs")
+        upload = await http.post(
+            f"{BASE}/items", files={"file": ("late.md", b"A late upload about comets.")}
+        )
+        assert upload.json()["result"]["status"] == "queued" and rt.is_syncing("docs")
+        late = item_id_for("docs", "late.md")
+
+        async def upload_done() -> bool:
+            item = (await http.get(f"{BASE}/items/{late}")).json().get("result") or {}
+            return item.get("status") == "completed"
+
+        await until(upload_done, "the upload to be indexed")
+        job = (await http.get(f"{BASE}/jobs/{job_id}")).json()["result"]
+        assert job["status"] == "completed"
+        found = (await http.post(f"{BASE}/search", json={"query": "comets"})).json()["result"]
+        assert found["chunks"][0]["item"]["key"] == "late.md"
