@@ -77,7 +77,7 @@ class InstanceConfig(BaseModel):
     cache_threshold: Literal[
         "super_strict_match", "close_enough", "flexible_friend", "anything_goes"
     ] = "close_enough"
-    cache_ttl: int | None = Field(None, ge=600, le=518400)  # seconds; None: 30 days (AI Search)
+    cache_ttl: int | None = Field(None, ge=600, le=518400)  # seconds; None: 48 h (AI Search)
     sync_interval: int = 21600
     custom_metadata: list[CustomMetadataField] = Field(default_factory=list, max_length=5)
     retrieval_options: RetrievalSettings = Field(default_factory=RetrievalSettings)

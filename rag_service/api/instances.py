@@ -108,7 +108,7 @@ class InstancesController(Controller):
         search: Search = None,
         namespace: FromQuery[str | None] = None,
         order_by: FromQuery[Literal["created_at"]] = "created_at",
-        order_by_direction: FromQuery[Literal["asc", "desc"]] = "asc",
+        order_by_direction: FromQuery[Literal["asc", "desc"]] = "desc",  # newest first
     ) -> dict[str, Any]:
         check_page(page, per_page)
         check_search(search)

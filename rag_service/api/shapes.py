@@ -8,6 +8,19 @@ from typing import Any
 from rag_service.retrieve.search import ScoredChunk
 
 
+def millis(seconds: float | None) -> int | None:
+    """AI Search's timestamps are milliseconds (the index keeps seconds)."""
+    return None if seconds is None else int(seconds * 1000)
+
+
+def attributes(c: ScoredChunk) -> dict[str, Any]:
+    """The chunk's metadata as AI Search shows it: its timestamp in milliseconds."""
+    shown: dict[str, Any] = dict(c.attributes)
+    if "timestamp" in shown:
+        shown["timestamp"] = millis(c.timestamp)
+    return shown
+
+
 def aisearch_chunk(c: ScoredChunk) -> dict[str, Any]:
     details: dict[str, Any] = {
         k: v
@@ -26,7 +39,7 @@ def aisearch_chunk(c: ScoredChunk) -> dict[str, Any]:
         "type": "text",
         "score": round(c.score, 6),
         "text": c.text,
-        "item": {"key": c.key, "timestamp": c.timestamp, "metadata": c.attributes},
+        "item": {"key": c.key, "timestamp": millis(c.timestamp), "metadata": attributes(c)},
         "scoring_details": details,
     }
 
@@ -44,7 +57,7 @@ def legacy_item(c: ScoredChunk) -> dict[str, Any]:
         "file_id": c.item_id,
         "filename": c.key,
         "score": round(c.score, 6),
-        "attributes": c.attributes,
+        "attributes": attributes(c),
         "content": [{"id": c.id, "type": "text", "text": c.text}],
     }
 

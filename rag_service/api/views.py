@@ -6,13 +6,14 @@ from datetime import datetime
 from typing import Any
 
 from rag_service.config import Settings
+from rag_service.ingest.index import folder_of
 from rag_service.instances import InstanceConfig
 from rag_service.models import ITEM_STATUSES, Instance, Item, Job, JobLog
+from rag_service.retrieve.cache import DEFAULT_TTL
 
 NAMESPACE = "default"
-# Reported when an instance sets no cache_ttl (the SDK's list type needs one of its values);
-# answers are then kept 30 days, AI Search's documented duration (retrieve/cache.py).
-CACHE_TTL = 86400
+# Reported when an instance sets no cache_ttl: what the cache then keeps (AI Search's default).
+CACHE_TTL = DEFAULT_TTL
 ENGINE_VERSION = 1.0
 
 
@@ -116,7 +117,13 @@ def item_view(item: Item) -> dict[str, Any]:
         "checksum": item.etag,
         "file_size": item.size,
         "chunks_count": item.chunks_count,
-        "metadata": {k: v for k, v in item.metadata_.items() if isinstance(v, str | int | float)},
+        # AI Search's item metadata: filename, folder, timestamp (ms) and custom metadata
+        "metadata": {
+            **{k: v for k, v in item.metadata_.items() if isinstance(v, str | int | float)},
+            "filename": item.key.rsplit("/", 1)[-1],
+            "folder": folder_of(item.key),
+            "timestamp": int(item.last_modified * 1000),
+        },
         "created_at": iso(item.created_at),
         "last_seen_at": iso(item.last_seen_at),
         "modified_at": item.last_modified,

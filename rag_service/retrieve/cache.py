@@ -36,7 +36,7 @@ THRESHOLDS: Mapping[CacheThreshold, float] = {
     "flexible_friend": 0.6,
     "anything_goes": 0.4,
 }
-DEFAULT_TTL = 30 * 86400  # AI Search: "cached responses last 30 days"
+DEFAULT_TTL = 48 * 3600  # AI Search's default cache_ttl (600 s .. 6 days)
 CACHE_FILE = "answer-cache.sqlite"
 
 # 64 bands of 2 rows: a prompt at Jaccard 0.4 shares a band with probability 0.99998, at 0.2

@@ -111,7 +111,7 @@ async def test_a_hit_returns_the_answer_and_its_chunks(tmp_path: Path) -> None:
 
 
 async def test_entries_expire_after_the_ttl(tmp_path: Path) -> None:
-    assert DEFAULT_TTL == 30 * 86400
+    assert DEFAULT_TTL == 48 * 3600
     cache = AnswerCache(tmp_path / "c.sqlite", ttl=100)
     await cache.store("s", "opening hours", "m", "9 to 5", [chunk("h:0", "9-5")], now=T0)
     assert await cache.lookup("s", "opening hours", "close_enough", now=T0 + 99)
