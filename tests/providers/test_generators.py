@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from rag_service.errors import BackendError, InvalidRequest, RateLimited
-from rag_service.providers.local_generator import THREAD_NAME, LocalGenerator
+from rag_service.providers.local_generator import REPETITION_PENALTY, THREAD_NAME, LocalGenerator
 from rag_service.providers.openai_generator import OpenAIGenerator
 from rag_service.providers.protocols import Generator, Usage
 from tests.serving import free_port, read_body, serve
@@ -79,7 +79,9 @@ async def test_local_stream_equals_greedy_generate(local: LocalGenerator) -> Non
     )
     torch.set_num_threads(local.threads)  # as the generator does in its own thread
     with torch.inference_mode():
-        out = local.model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        out = local.model.generate(
+            **inputs, max_new_tokens=12, do_sample=False, repetition_penalty=REPETITION_PENALTY
+        )
     prompt = inputs["input_ids"].shape[1]
     assert "".join(pieces) == local.tokenizer.decode(out[0, prompt:], skip_special_tokens=True)
     assert usage.completion_tokens == out.shape[1] - prompt
