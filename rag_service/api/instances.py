@@ -19,6 +19,7 @@ from rag_service.errors import Conflict, InvalidRequest
 from rag_service.instances import INSTANCE_ID, SYNC_INTERVALS, InstanceConfig
 from rag_service.job_runner import JobRunner
 from rag_service.models import Instance
+from rag_service.retrieve.cache import AnswerCache
 from rag_service.runtime import Runtime
 from rag_service.stats import instance_stats
 
@@ -170,6 +171,15 @@ class InstancesController(Controller):
             raise Conflict(f"instance {instance_id!r} is syncing: delete it when the job has ended")
         row = await instance_changes.delete_instance(runtime, instance_id)
         return envelope(instance_view(row, instances.instance_config(row), runtime.settings))
+
+    @post("/{instance_id:str}/purge_cache", status_code=200)
+    async def purge_cache(
+        self, runtime: NamedDependency[Runtime], instance_id: FromPath[str]
+    ) -> dict[str, Any]:
+        """Empty the instance's similarity cache (AI Search's purge_cache)."""
+        await runtime.instances.get(instance_id)
+        cache = AnswerCache.for_instance(runtime.settings.instance_dir(instance_id))
+        return envelope({"id": instance_id, "purged": await cache.purge()})
 
     @get("/{instance_id:str}/stats")
     async def stats(

@@ -233,6 +233,12 @@ class AnswerCache:
     async def drop(self, entry_id: int) -> None:
         await asyncio.to_thread(self._execute, "DELETE FROM entries WHERE id = ?", (entry_id,))
 
+    async def purge(self) -> int:
+        """Drop every entry; how many there were."""
+        if not self.path.exists():
+            return 0
+        return await asyncio.to_thread(self._execute, "DELETE FROM entries", ())
+
     async def invalidate_items(self, item_ids: Sequence[str]) -> int:
         """Drop every entry grounded on a chunk of these items; how many were dropped."""
         if not item_ids or not self.path.exists():

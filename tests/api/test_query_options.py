@@ -266,3 +266,19 @@ async def test_boost_by_mistakes_are_400s_that_say_what_to_fix(rig: Rig) -> None
     exists = {"boost_by": [{"field": "team"}]}
     body = {"query": "bread", "ai_search_options": {"retrieval": exists}}
     assert (await rig.search(body))["success"] is True
+
+
+async def test_purge_cache_empties_the_similarity_cache(rig: Rig) -> None:
+    cache = {"enabled": True, "cache_threshold": "close_enough"}
+    assert (await rig.chat("How do I bake the bread?", cache=cache)).headers[
+        "cf-aig-cache-status"
+    ] == "MISS"
+    assert (await rig.chat("how do I bake the bread", cache=cache)).headers[
+        "cf-aig-cache-status"
+    ] == "HIT"
+    purged = (await rig.post(f"{INSTANCE}/purge_cache", {})).json()["result"]
+    assert purged == {"id": "default", "purged": 1}
+    again = await rig.chat("how do I bake the bread", cache=cache)
+    assert again.headers["cf-aig-cache-status"] == "MISS"
+    missing = await rig.http.post(f"{INSTANCE}-nope/purge_cache", headers=AUTH)
+    assert missing.status_code == 404
