@@ -21,9 +21,19 @@ class IndexMethod(BaseModel):
     keyword: bool = True
 
 
+RESERVED_FIELDS = frozenset({"timestamp", "folder", "filename"})
+
+
 class CustomMetadataField(BaseModel):
     field_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
     data_type: Literal["text", "number", "boolean", "datetime"]
+
+    @field_validator("field_name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.lower() in RESERVED_FIELDS:
+            raise ValueError(f"{name!r} is reserved (timestamp, folder and filename are built in)")
+        return name
 
 
 class BoostField(BaseModel):
@@ -95,6 +105,13 @@ class InstanceConfig(BaseModel):
     def _some_index(self) -> InstanceConfig:
         if not (self.index_method.vector or self.index_method.keyword):
             raise ValueError("index_method needs vector, keyword or both")
+        return self
+
+    @model_validator(mode="after")
+    def _fields_once(self) -> InstanceConfig:
+        names = [f.field_name.lower() for f in self.custom_metadata]
+        if len(set(names)) != len(names):
+            raise ValueError("custom_metadata names a field twice (names are case-insensitive)")
         return self
 
     @model_validator(mode="after")

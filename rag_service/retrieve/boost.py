@@ -43,8 +43,10 @@ def resolve_boosts(
     if len(requested) > MAX_BOOSTS:
         raise InvalidRequest(f"boost_by takes at most {MAX_BOOSTS} fields")
     known = {**fields, **BUILT_IN}
+    by_lower = {field.lower(): field for field in known}  # field names are case-insensitive
     boosts: list[Boost] = []
-    for name, direction in requested:
+    for asked, direction in requested:
+        name = by_lower.get(asked.lower(), asked)
         kind = known.get(name)
         if kind is None:
             raise InvalidRequest(

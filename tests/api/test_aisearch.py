@@ -3,6 +3,7 @@ tokens, uploads, jobs, health, metrics and schema."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -295,10 +296,11 @@ async def test_jobs_run_inline_with_logs(client: httpx.AsyncClient) -> None:  # 
     resp = await client.post(f"{INSTANCE}/jobs", json={"description": "nightly"}, headers=AUTH)
     assert resp.status_code == 200, resp.text
     job_id = resp.json()["result"]["id"]
-    for _ in range(200):
+    for _ in range(600):  # up to 30 s
         job = (await client.get(f"{INSTANCE}/jobs/{job_id}", headers=AUTH)).json()["result"]
         if job["ended_at"]:
             break
+        await asyncio.sleep(0.05)
     assert job["status"] == "completed" and job["description"] == "nightly"
     logs = (await client.get(f"{INSTANCE}/jobs/{job_id}/logs", headers=AUTH)).json()
     assert logs["result_info"]["total_count"] == len(logs["result"]) >= 1
@@ -338,10 +340,11 @@ async def test_a_chunking_change_marks_items_outdated_until_the_next_sync(
     other_model = {"embedding_model": "BAAI/bge-small-en-v1.5"}
     assert_error(await client.put(INSTANCE, json=other_model, headers=AUTH), 400, "cannot change")
     job_id = (await client.post(f"{INSTANCE}/jobs", json={}, headers=AUTH)).json()["result"]["id"]
-    for _ in range(200):
+    for _ in range(600):  # up to 30 s
         job = (await client.get(f"{INSTANCE}/jobs/{job_id}", headers=AUTH)).json()["result"]
         if job["ended_at"]:
             break
+        await asyncio.sleep(0.05)
     assert job["status"] == "completed"
     again = await stats()
     assert again["completed"] == 2 and again["outdated"] == 0

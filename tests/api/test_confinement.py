@@ -4,6 +4,7 @@ downloads only of indexed items, no control characters in keys or ids."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from urllib.parse import unquote
@@ -57,10 +58,11 @@ async def test_a_symlink_out_of_a_source_folder_is_not_read(
     assert (await create(client, {"id": "linked", "source": str(docs)})).status_code == 200
     job = await client.post(f"{API}/linked/jobs", headers=AUTH)
     assert job.status_code == 200, job.text
-    for _ in range(200):
+    for _ in range(600):  # up to 30 s
         items = (await client.get(f"{API}/linked/items", headers=AUTH)).json()["result"]
         if items and all(i["status"] == "completed" for i in items):
             break
+        await asyncio.sleep(0.05)
     assert [i["key"] for i in items] == ["notes.md"]
 
 

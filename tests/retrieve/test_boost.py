@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rag_service.errors import InvalidRequest
+from rag_service.instances import BoostField
 from rag_service.retrieve.boost import BOOST_WEIGHT, Boost, boost_amounts, resolve_boosts
 
 W = BOOST_WEIGHT
@@ -61,3 +62,20 @@ def test_default_directions_follow_the_field_type() -> None:
 def test_mistakes(requested: list[tuple[str, None]], fragment: str) -> None:
     with pytest.raises(InvalidRequest, match=fragment):
         resolve_boosts(requested, {"team": "text"})
+
+
+def test_field_names_are_case_insensitive_and_reserved_names_refused() -> None:
+    from pydantic import ValidationError
+
+    from rag_service.instances import InstanceConfig
+
+    cfg = InstanceConfig(custom_metadata=[{"field_name": "Author", "data_type": "text"}])
+    assert [b.field for b in cfg.boosts([BoostField(field="author")])] == ["Author"]
+    assert [b.field for b in cfg.boosts([BoostField(field="TIMESTAMP")])] == ["timestamp"]
+    for fields, fragment in [
+        ([{"field_name": "Folder", "data_type": "text"}], "reserved"),
+        ([{"field_name": "a", "data_type": "text"}, {"field_name": "A", "data_type": "number"}],
+         "twice"),
+    ]:  # fmt: skip
+        with pytest.raises(ValidationError, match=fragment):
+            InstanceConfig(custom_metadata=fields)
