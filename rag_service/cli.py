@@ -24,7 +24,6 @@ from rag_service.benchmarks import BenchKind
 from rag_service.config import Settings
 from rag_service.errors import InvalidRequest, RagError
 from rag_service.instance_registry import DEFAULT_INSTANCE
-from rag_service.instances import InstanceConfig
 from rag_service.query.options import QueryOptions
 from rag_service.registry import Providers
 from rag_service.runtime import Runtime
@@ -91,17 +90,16 @@ def _progress_bar() -> Progress:
     )
 
 
-async def _instance(rt: Runtime, instance_id: str, synced: bool = False) -> InstanceConfig:
-    """The instance's config; `default` is created on first use. `synced`: refuse an instance
-    that was never synced (its index is empty, and an empty answer would mislead)."""
+async def _instance(rt: Runtime, instance_id: str, synced: bool = False) -> None:
+    """NotFound for an unknown instance; `default` is created on first use. `synced`: refuse
+    an instance that was never synced (its index is empty, and an empty answer would mislead)."""
     if instance_id == DEFAULT_INSTANCE:
         await rt.instances.ensure_default()
-    _, cfg = await rt.instances.get(instance_id)
+    await rt.instances.get(instance_id)
     if synced and not await records.has_synced(rt.sessions, instance_id):
         raise InvalidRequest(
             f"instance {instance_id!r} was never synced: run `ragd sync {instance_id}`"
         )
-    return cfg
 
 
 @app.command()

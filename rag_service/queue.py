@@ -184,10 +184,10 @@ async def sync_and_follow(
                     "the queue lost the sync before it started (was Redis restarted?): run "
                     "`ragd sync` again"
                 )
-            progress(*await records.job_progress(sessions, job_id))
-            if alive or alive is None:
-                heard = time.monotonic() if alive else heard
-            elif time.monotonic() - heard > 2 * HEALTH_CHECK_SECONDS:
+            progress(*await records.job_progress(sessions, job_id, job))
+            if alive:
+                heard = time.monotonic()
+            elif alive is False and time.monotonic() - heard > 2 * HEALTH_CHECK_SECONDS:
                 raise BackendError(
                     "the worker stopped during the sync: start `ragd worker` again and rerun "
                     "`ragd sync` (it carries on from the items already indexed)"

@@ -307,10 +307,10 @@ async def last_sync_started(sessions: Sessions) -> dict[str, datetime]:
         return {instance_id: started for instance_id, started in rows.all() if started}
 
 
-async def job_progress(sessions: Sessions, job_id: str) -> tuple[int, int | None]:
-    """(items done, items planned or None while the listing runs) of a sync job."""
+async def job_progress(sessions: Sessions, job_id: str, job: Job | None) -> tuple[int, int | None]:
+    """(items done, items planned or None while the listing runs) of a sync job, whose row
+    (None: not written yet) the caller has read."""
     async with sessions() as session:
-        job = await session.get(Job, job_id)
         done = await session.scalar(
             select(func.count()).where(Item.job_id == job_id, Item.status.in_(FINAL_ITEM_STATUSES))
         )

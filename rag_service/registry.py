@@ -69,14 +69,13 @@ class Providers:
         self._loading = asyncio.Lock()  # model loads take seconds: one at a time
         self._opening_index = asyncio.Lock()
         self._failed: dict[str, tuple[float, RagError]] = {}
+        configured = (settings.embedding_model, settings.generation_model, settings.reranking_model)
         self.allowed_models = frozenset(
             {
-                settings.embedding_model,
+                *(name for name in configured if name),
                 LOCAL_EMBEDDING_MODEL,
-                settings.generation_model or SMOLLM2,
                 SMOLLM2,
                 EXTRACTIVE_MODEL,
-                settings.reranking_model or DEFAULT_LOCAL_RERANKING_MODEL,
                 DEFAULT_LOCAL_RERANKING_MODEL,
                 WORKERS_AI_RERANKING_MODEL,
                 *EMBEDDING_DIMENSIONS,
@@ -298,6 +297,18 @@ class Providers:
             from rag_service.providers.local_reranker import LocalReranker
 
         return LocalReranker(model)
+
+    def extracts(self, cfg: InstanceConfig, model: str | None) -> bool:
+        """Whether answers are extracted rather than generated: when asked for by name, and
+        by default on the local backend with no answer server configured."""
+        chosen = model or cfg.ai_search_model
+        if chosen:
+            return chosen == EXTRACTIVE_MODEL
+        if cfg.backend == "cloudflare":
+            return False
+        if self.settings.generation_model:
+            return self.settings.generation_model == EXTRACTIVE_MODEL
+        return not self.settings.generation_url
 
     def generation_name(self, cfg: InstanceConfig) -> str:
         """The language model for the instance: its own, the settings', else the server's

@@ -92,6 +92,7 @@ class QueryPipeline:
         near-identical prompt was answered from unchanged chunks, else retrieve -> prompt ->
         generate, remembered once the whole answer is out."""
         cfg = await self.instances.config(instance_id)
+        self.providers.check_model(model or cfg.ai_search_model)  # before any work
         plan = plan_query(cfg, options)
         scope = {"route": route, "earlier": earlier, "model": model, "system_prompt": system_prompt}
         use = cache_use(self.settings, instance_id, cfg, plan, question, scope)
@@ -100,8 +101,7 @@ class QueryPipeline:
             return Answer(hit.model, question, hit.chunks, once(hit.answer), cache_status="HIT")
         found = await self._retrieve(instance_id, cfg, plan, question, earlier, model)
         usage = Usage()
-        if self.extractive(cfg, model):
-            self.providers.check_model(model or cfg.ai_search_model)
+        if self.providers.extracts(cfg, model):
             model_id, used = EXTRACTIVE_MODEL, found.chunks[:CHUNKS_READ]
             embedder = await self.providers.embedder(cfg)
             pieces = extractive_answer(embedder, question, used)
@@ -124,18 +124,6 @@ class QueryPipeline:
             cache_status="MISS" if use is not None else None,
             notes=found.notes,
         )
-
-    def extractive(self, cfg: InstanceConfig, model: str | None) -> bool:
-        """Whether the answer is extracted rather than generated: when asked for by name, and
-        by default on the local backend with no answer server configured."""
-        chosen = model or cfg.ai_search_model
-        if chosen:
-            return chosen == EXTRACTIVE_MODEL
-        if cfg.backend == "cloudflare":
-            return False
-        if self.settings.generation_model:
-            return self.settings.generation_model == EXTRACTIVE_MODEL
-        return not self.settings.generation_url
 
     async def _retrieve(
         self,
