@@ -26,6 +26,7 @@ from rag_service.errors import InvalidRequest, RagError
 from rag_service.instance_registry import DEFAULT_INSTANCE
 from rag_service.query.options import QueryOptions
 from rag_service.registry import Providers
+from rag_service.retrieve.search import KeywordMatchMode
 from rag_service.runtime import Runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -337,6 +338,10 @@ def eval_cmd(
     match_threshold: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Vector similarity floor.")
     ] = 0.0,
+    keyword_match_mode: Annotated[
+        KeywordMatchMode | None,
+        typer.Option(help="Keyword terms: all (and) or any (or); default: the instance's."),
+    ] = None,
     answers: Annotated[
         Path | None,
         typer.Option("--answers", dir_okay=False, help="A QA file: score answers instead."),
@@ -372,7 +377,7 @@ def eval_cmd(
         else:
             result = _run(
                 run_eval(_settings(), beir, match_threshold=match_threshold, progress=progress,
-                         make_providers=make_providers)
+                         keyword_match_mode=keyword_match_mode, make_providers=make_providers)
             )  # fmt: skip
     report = scored.to_json() if answers is not None else result.to_json()
     if json_file is not None:

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./ragd-data")
     database_url: str | None = None  # default: SQLite file in data_dir
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Keyword (BM25) search: "local", an SQLite FTS5 file per instance in the data dir, or
+    # "postgres", tables in RAGD_DATABASE_URL (then PostgreSQL) that every host shares.
+    keyword_index: Literal["local", "postgres"] = "local"
     source: str | None = None  # default instance: folder path or s3://bucket/prefix
 
     s3_endpoint_url: str | None = None
@@ -65,6 +68,9 @@ class Settings(BaseSettings):
     max_file_bytes: int = 4 * 1024 * 1024
     max_text_file_bytes: int = 10 * 1024 * 1024
     ingest_window_chunks: int = Field(512, ge=1)  # chunks embedded together during a sync
+    # A sync asked through the API within this many seconds of the last sync's start, or while
+    # one runs or is queued, gets 429 `sync_in_cooldown` (AI Search's 30 s); 0 turns it off.
+    sync_cooldown_s: float = Field(30.0, ge=0.0)
 
     @model_validator(mode="after")
     def _no_unknown_variables(self) -> Settings:
@@ -85,6 +91,17 @@ class Settings(BaseSettings):
                 for close in [difflib.get_close_matches(name.upper(), known, n=1)]
             ]
             raise ValueError(f"unknown setting: {', '.join(hints)}; unset it or fix its name")
+        return self
+
+    @model_validator(mode="after")
+    def _keyword_index_in_postgres(self) -> Settings:
+        if self.keyword_index == "postgres" and not self.resolved_database_url.startswith(
+            "postgresql"
+        ):
+            raise ValueError(
+                "RAGD_KEYWORD_INDEX=postgres keeps the keyword index in the database: set "
+                "RAGD_DATABASE_URL to a PostgreSQL URL (postgresql+asyncpg://...)"
+            )
         return self
 
     @field_validator("api_tokens", "source_roots", "allowed_models", mode="before")

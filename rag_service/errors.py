@@ -65,11 +65,22 @@ class ObjectTooLarge(SourceError):
     code = 7011
 
 
+class SyncInCooldown(RagError):
+    """A sync asked too soon after the last one began, or while one runs or is queued (AI
+    Search's 429 with code 7020); the message starts with `sync_in_cooldown`."""
+
+    status_code = 429
+    code = 7020
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"sync_in_cooldown: {reason}")
+
+
 class ExtractError(RagError):
     """A document's text could not be read (corrupt, encrypted, unsupported...)."""
 
     status_code = 422
-    code = 7020
+    code = 7012  # 7020 is AI Search's sync_in_cooldown
 
 
 class NoTextError(ExtractError):

@@ -12,6 +12,7 @@ from rag_service.config import Settings
 from rag_service.errors import InvalidRequest
 from rag_service.instance_registry import normalise_source
 from rag_service.models import Instance
+from rag_service.namespaces import split_key
 from rag_service.runtime import Runtime
 from rag_service.uploads import uploads_dir
 
@@ -25,7 +26,7 @@ async def create_instance(
 ) -> Instance:
     """Without a source the instance reads its own uploads folder (AI Search's managed
     upload-only instances)."""
-    instances.check_instance_id(instance_id)  # before it names a folder
+    instances.check_instance_id(split_key(instance_id)[1])  # before it names a folder
     check_models(runtime, instances.validate_config(config))
     if source:
         chosen = confined_source(runtime.settings, source, config.get("type"))

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rag_service.errors import InvalidRequest
 from rag_service.models import Instance
+from rag_service.namespaces import NAME
 from rag_service.retrieve.boost import MAX_BOOSTS, Boost, Direction, resolve_boosts
 
 SYNC_INTERVALS = (900, 1800, 3600, 7200, 14400, 21600, 43200, 86400)
-INSTANCE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: no trailing newline
+INSTANCE_ID = NAME  # fullmatch: no trailing newline
 
 
 class IndexMethod(BaseModel):
@@ -36,6 +39,100 @@ class CustomMetadataField(BaseModel):
         return name
 
 
+MAX_CUSTOM_FIELDS = 5  # declared per instance, so at most as many given per item
+MAX_TEXT_CHARS = 500  # text values are kept up to this many characters (AI Search truncates)
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+CustomValue = str | float | bool
+
+
+def _text(value: object) -> CustomValue:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value[:MAX_TEXT_CHARS]
+
+
+def _boolean(value: object) -> CustomValue:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in BOOLEANS:
+        return BOOLEANS[value.strip().lower()]
+    raise ValueError("true or false (or 1, 0, yes, no)")
+
+
+def _number(value: object) -> CustomValue:
+    try:
+        number = float(value) if isinstance(value, int | float | str) else math.nan
+    except (ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ValueError("a finite number")
+    return number
+
+
+def _datetime(value: object) -> CustomValue:
+    """Epoch seconds of an ISO 8601 date and time (UTC unless it says otherwise)."""
+    try:
+        when = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    except ValueError:
+        when = None
+    if not isinstance(value, str) or when is None:
+        raise ValueError("an ISO 8601 date and time such as '2026-01-15T00:00:00Z'")
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+CUSTOM_TYPES: dict[str, Callable[[object], CustomValue]] = {
+    "text": _text, "number": _number, "boolean": _boolean, "datetime": _datetime
+}  # fmt: skip
+
+
+def custom_value(data_type: str, value: object) -> CustomValue:
+    """`value` as a custom metadata field of `data_type` keeps it; ValueError saying what the
+    type takes."""
+    return CUSTOM_TYPES[data_type](value)
+
+
+def check_custom_metadata(
+    declared: Sequence[CustomMetadataField], given: Mapping[str, object]
+) -> dict[str, str]:
+    """An item's custom metadata (an upload's `metadata`) checked against the instance's
+    declared fields: names case-insensitive, none reserved or undeclared, at most five, each
+    value of its field's type. The values come back as object metadata holds them (strings),
+    under the declared names."""
+    for name in given:
+        if name.lower() in RESERVED_FIELDS:
+            raise InvalidRequest(
+                f"metadata field {name!r} is reserved: timestamp, folder and filename are built in"
+            )
+    if len(given) > MAX_CUSTOM_FIELDS:
+        extra = ", ".join(repr(name) for name in list(given)[MAX_CUSTOM_FIELDS:])
+        raise InvalidRequest(
+            f"metadata has {len(given)} fields, at most {MAX_CUSTOM_FIELDS} are allowed: "
+            f"drop {extra}"
+        )
+    fields = {f.field_name.lower(): f for f in declared}
+    out: dict[str, str] = {}
+    for name, value in given.items():
+        spec = fields.get(name.lower())
+        if spec is None:
+            known = ", ".join(repr(f.field_name) for f in declared) or "none"
+            raise InvalidRequest(
+                f"metadata field {name!r} is not declared in the instance's custom_metadata "
+                f"(declared: {known})"
+            )
+        if spec.field_name in out:
+            raise InvalidRequest(
+                f"metadata names field {name!r} twice (names are case-insensitive)"
+            )
+        try:
+            custom_value(spec.data_type, value)
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"metadata field {name!r} is {spec.data_type}: give {exc}"
+            ) from None
+        out[spec.field_name] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
 class BoostField(BaseModel):
     """One `boost_by` entry (see rag_service.retrieve.boost)."""
 
@@ -47,7 +144,7 @@ class RetrievalSettings(BaseModel):
     """AI Search's instance `retrieval_options`: defaults for each request."""
 
     boost_by: list[BoostField] = Field(default_factory=list, max_length=MAX_BOOSTS)
-    keyword_match_mode: Literal["and", "or"] = "or"
+    keyword_match_mode: Literal["and", "or"] = "and"  # AI Search's default: every term
 
 
 class SourceParams(BaseModel):
@@ -89,7 +186,10 @@ class InstanceConfig(BaseModel):
     ] = "close_enough"
     cache_ttl: int | None = Field(None, ge=600, le=518400)  # seconds; None: 48 h (AI Search)
     sync_interval: int = 21600
-    custom_metadata: list[CustomMetadataField] = Field(default_factory=list, max_length=5)
+    paused: bool = False  # no scheduled syncs (a sync asked through the API or CLI still runs)
+    custom_metadata: list[CustomMetadataField] = Field(
+        default_factory=list, max_length=MAX_CUSTOM_FIELDS
+    )
     retrieval_options: RetrievalSettings = Field(default_factory=RetrievalSettings)
     indexing_options: IndexingOptions = Field(default_factory=IndexingOptions)
     system_prompt: str | None = None

@@ -28,6 +28,7 @@ HEALTH_CHECK_SECONDS = 10
 SYNC_TASK, INDEX_ITEM_TASK, DELETE_ITEM_TASK = "sync_instance", "index_item", "delete_item"
 WORKER_START_WAIT_S = 5.0
 QUEUE_LOST_S = 30.0  # a sync the queue no longer knows and that never started
+LOST = "the queue lost the sync before it started (was Redis restarted?)"
 
 # A holder that dies (kill -9) blocks the instance for at most this long.
 LOCK_TTL_MS = 30_000
@@ -76,6 +77,11 @@ def item_job_id() -> str:
 
 def lock_key(instance_id: str) -> str:
     return f"ragd:sync-lock:{instance_id}"
+
+
+def cooldown_key(instance_id: str) -> str:
+    """Set (with the cooldown as its TTL) by the API process that queued the latest sync."""
+    return f"ragd:sync-cooldown:{instance_id}"
 
 
 @contextlib.asynccontextmanager
@@ -139,13 +145,25 @@ async def worker_alive(pool: ArqRedis, wait: float = 0.0) -> bool:
 
 
 async def enqueue_sync(
-    pool: ArqRedis, instance_id: str, description: str | None = None, source: str = "user"
+    pool: ArqRedis,
+    instance_id: str,
+    description: str | None = None,
+    source: str = "user",
+    sessions: records.Sessions | None = None,
 ) -> tuple[str, ArqJob]:
-    """Queue a sync for the worker without waiting for it: its job id and arq job."""
+    """Queue a sync for the worker without waiting for it: its job id and arq job. With
+    `sessions`, its job row is written first (`queued`: readable and cancellable at once)."""
     job_id = str(uuid.uuid4())
-    queued = await pool.enqueue_job(
-        SYNC_TASK, instance_id, source, job_id, description, _job_id=sync_job_id(job_id)
-    )
+    if sessions is not None:
+        await records.queue_job(sessions, instance_id, job_id, source, description)
+    try:
+        queued = await pool.enqueue_job(
+            SYNC_TASK, instance_id, source, job_id, description, _job_id=sync_job_id(job_id)
+        )
+    except BaseException:
+        if sessions is not None:
+            await records.end_queued_job(sessions, job_id, "failed", "the queue refused it")
+        raise
     assert queued is not None  # a fresh uuid cannot collide
     return job_id, queued
 
@@ -164,7 +182,7 @@ async def sync_and_follow(
     async with queue_pool(settings) as pool:
         if not await worker_alive(pool, WORKER_START_WAIT_S):
             raise RagError("no worker is running: start `ragd worker`, or sync here with --inline")
-        job_id, queued = await enqueue_sync(pool, instance_id)
+        job_id, queued = await enqueue_sync(pool, instance_id, sessions=sessions)
         heard = lost = time.monotonic()
         while True:
             try:
@@ -177,13 +195,11 @@ async def sync_and_follow(
             job = await records.get_job(sessions, instance_id, job_id)
             if job is not None and job.ended_at is not None and status != ArqStatus.in_progress:
                 return job_summary(job)
-            if status != ArqStatus.not_found or job is not None:
+            if status != ArqStatus.not_found or (job is not None and job.status != "queued"):
                 lost = time.monotonic()
             elif time.monotonic() - lost > QUEUE_LOST_S:
-                raise BackendError(
-                    "the queue lost the sync before it started (was Redis restarted?): run "
-                    "`ragd sync` again"
-                )
+                await records.end_queued_job(sessions, job_id, "failed", LOST)
+                raise BackendError(f"{LOST}: run `ragd sync` again")
             progress(*await records.job_progress(sessions, job_id, job))
             if alive:
                 heard = time.monotonic()

@@ -22,8 +22,10 @@ from rag_service.models import (
     Job,
     JobLog,
     JobStatus,
+    Namespace,
     utcnow,
 )
+from rag_service.namespaces import DEFAULT_NAMESPACE, split_key
 from rag_service.paging import count_and_page
 from rag_service.providers.filters import NormFilter, matches
 from rag_service.providers.protocols import ObjectInfo
@@ -59,19 +61,21 @@ async def start_job(
     job_id: str | None = None,
 ) -> Job:
     """A running job row; `job_id` lets a caller that enqueued the sync follow it (a retried
-    task starts the same job again)."""
+    task starts the same job again). A job cancelled before it started comes back as it is
+    (`cancelled`): the caller must not run it."""
     now = utcnow()
     fields: dict[str, Any] = dict(instance_id=instance_id, source=source, status="running",
         description=description, started_at=now, last_seen_at=now, ended_at=None,
         end_reason=None, counts={})  # fmt: skip
     async with sessions() as session, session.begin():
+        if job_id:  # one statement: a cancel cannot slip in between a read and this write
+            await session.execute(
+                update(Job).where(Job.id == job_id, Job.status != "cancelled").values(**fields)
+            )
         job = await session.get(Job, job_id) if job_id else None
         if job is None:
             job = Job(id=job_id or str(uuid.uuid4()), **fields)
             session.add(job)
-        else:
-            for name, value in fields.items():
-                setattr(job, name, value)
     return job
 
 
@@ -209,7 +213,9 @@ async def queue_items(
 async def get_instance(session: AsyncSession, instance_id: str) -> Instance:
     row = await session.get(Instance, instance_id)
     if row is None:
-        raise NotFound(f"instance {instance_id!r} not found")
+        namespace, name = split_key(instance_id)
+        where = "" if namespace == DEFAULT_NAMESPACE else f" in namespace {namespace!r}"
+        raise NotFound(f"instance {name!r} not found{where}")
     return row
 
 
@@ -220,26 +226,83 @@ async def list_instances(session: AsyncSession) -> Sequence[Instance]:
 async def create_instance(
     session: AsyncSession, instance_id: str, source: str, config: dict[str, Any]
 ) -> Instance:
-    check_instance_id(instance_id)
+    """`instance_id` is the instance's key (rag_service.namespaces); its namespace must exist."""
+    namespace, name = split_key(instance_id)
+    check_instance_id(name)
+    await get_namespace(session, namespace)
     if await session.get(Instance, instance_id) is not None:
-        raise Conflict(f"instance {instance_id!r} already exists")
+        raise Conflict(f"instance {name!r} already exists in namespace {namespace!r}")
     cfg = validate_config(config)
-    row = Instance(id=instance_id, source=source, config=cfg.model_dump(mode="json"))
+    row = Instance(
+        id=instance_id,
+        namespace=namespace,
+        name=name,
+        source=source,
+        config=cfg.model_dump(mode="json"),
+    )
     session.add(row)
     await session.flush()
     return row
 
 
 async def find_instances(
-    sessions: Sessions, search: str | None, newest_first: bool
+    sessions: Sessions, namespace: str | None, search: str | None, newest_first: bool
 ) -> list[Instance]:
-    """Instances by creation time, their ids containing `search` when given."""
+    """The namespace's (None: every namespace's) instances by creation time, their names
+    containing `search` if given."""
     order = Instance.created_at.desc() if newest_first else Instance.created_at
     query = select(Instance).order_by(order, Instance.id)
+    if namespace is not None:
+        query = query.where(Instance.namespace == namespace)
     if search:
-        query = query.where(Instance.id.contains(search.lower(), autoescape=True))
+        query = query.where(Instance.name.contains(search.lower(), autoescape=True))
     async with sessions() as session:
         return list((await session.scalars(query)).all())
+
+
+async def get_namespace(session: AsyncSession, name: str) -> Namespace:
+    row = await session.get(Namespace, name)
+    if row is None:
+        raise NotFound(f"namespace {name!r} not found")
+    return row
+
+
+async def find_namespaces(sessions: Sessions, search: str | None) -> list[Namespace]:
+    """Namespaces, oldest first, their name or description containing `search` if given."""
+    query = select(Namespace).order_by(Namespace.created_at, Namespace.name)
+    if search:
+        needle = search.lower()
+        query = query.where(
+            Namespace.name.contains(needle, autoescape=True)
+            | func.lower(func.coalesce(Namespace.description, "")).contains(needle, autoescape=True)
+        )
+    async with sessions() as session:
+        return list((await session.scalars(query)).all())
+
+
+async def create_namespace(
+    session: AsyncSession, name: str, description: str | None, limit: int
+) -> Namespace:
+    if await session.get(Namespace, name) is not None:
+        raise Conflict(f"namespace {name!r} already exists")
+    if (await session.scalar(select(func.count()).select_from(Namespace)) or 0) >= limit:
+        raise Conflict(f"at most {limit} namespaces: delete one first")
+    row = Namespace(name=name, description=description)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def delete_namespace(session: AsyncSession, name: str) -> Namespace:
+    """An empty namespace only."""
+    row = await get_namespace(session, name)
+    held = await session.scalar(
+        select(func.count()).select_from(Instance).where(Instance.namespace == name)
+    )
+    if held:
+        raise Conflict(f"namespace {name!r} holds {held} instance(s): delete them first")
+    await session.delete(row)
+    return row
 
 
 async def has_indexed_items(session: AsyncSession, instance_id: str) -> bool:
@@ -473,3 +536,118 @@ async def indexing_note(sessions: Sessions, instance_id: str) -> str | None:
             "start one with POST .../jobs or `ragd sync`"
         )
     return None
+
+
+# Item logs
+
+
+async def add_log_lines(sessions: Sessions, job_id: str, lines: Sequence[JobLog]) -> None:
+    """Store many log lines of a job in one transaction (a sync's item events)."""
+    if not lines:
+        return
+    async with sessions() as session, session.begin():
+        session.add_all(lines)
+        await session.execute(update(Job).where(Job.id == job_id).values(last_seen_at=utcnow()))
+
+
+async def item_logs(
+    sessions: Sessions, item_id: str, after: int | None, limit: int
+) -> tuple[list[JobLog], bool]:
+    """Up to `limit` log lines of an item, oldest first, past the line `after`; and whether
+    more follow."""
+    query = select(JobLog).where(JobLog.item_id == item_id).order_by(JobLog.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(JobLog.id > after)
+    async with sessions() as session:
+        rows = list((await session.scalars(query)).all())
+    return rows[:limit], len(rows) > limit
+
+
+# Job control: queued rows, cancellation, the sync cooldown
+
+CANCEL_REQUESTED = "cancel requested: the sync stops at the next item boundary"
+
+
+async def queue_job(
+    sessions: Sessions, instance_id: str, job_id: str, source: str, description: str | None
+) -> None:
+    """A `queued` row for a sync handed to the worker, so that it can be read, counted and
+    cancelled before it starts (`last_seen_at`: when it was queued)."""
+    async with sessions() as session, session.begin():
+        session.add(Job(id=job_id, instance_id=instance_id, source=source, status="queued",
+                        description=description, last_seen_at=utcnow()))  # fmt: skip
+
+
+async def end_queued_job(sessions: Sessions, job_id: str, status: JobStatus, reason: str) -> bool:
+    """End a job that has not started (its row is still `queued`); False if it has."""
+    now = utcnow()
+    async with sessions() as session, session.begin():
+        done = await session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(status=status, end_reason=reason, ended_at=now, last_seen_at=now)
+        )
+    return bool(getattr(done, "rowcount", 0))
+
+
+async def request_cancel(sessions: Sessions, job_id: str) -> None:
+    """A queued job ends `cancelled` now; a running one is marked (its `end_reason` says so
+    until it ends) for its sync loop, which stops at the next item boundary."""
+    if await end_queued_job(sessions, job_id, "cancelled", "cancelled before it started"):
+        return
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(end_reason=CANCEL_REQUESTED)
+        )
+
+
+async def cancel_requested(sessions: Sessions, job_id: str) -> bool:
+    """Whether the running job was asked to stop."""
+    async with sessions() as session:
+        reason = await session.scalar(
+            select(Job.end_reason).where(Job.id == job_id, Job.status == "running")
+        )
+    return reason == CANCEL_REQUESTED
+
+
+async def restore_items(sessions: Sessions, job_id: str, before: dict[str, Item]) -> int:
+    """After a cancelled sync: its items left queued or begun (nothing of them written) get
+    back the status they had `before` it; those it added lose their row. Returns how many."""
+    async with sessions() as session, session.begin():
+        rows = (
+            await session.scalars(
+                select(Item).where(Item.job_id == job_id, Item.status.in_(("queued", "running")))
+            )
+        ).all()
+        for item in rows:
+            old = before.get(item.id)
+            if old is None:
+                await session.delete(item)
+            else:
+                item.status, item.error, item.job_id = old.status, old.error, old.job_id
+    return len(rows)
+
+
+async def open_jobs(sessions: Sessions, instance_id: str) -> list[Job]:
+    """The instance's jobs that have not ended (queued or running)."""
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(Job).where(Job.instance_id == instance_id, Job.status.in_(("queued", "running")))
+        )
+        return list(rows.all())
+
+
+async def last_sync_start(sessions: Sessions, instance_id: str, since: datetime) -> datetime | None:
+    """When the instance's latest sync started, if at or after `since`: a job that listed its
+    source (counts `listed`) or one still running, not a one-item job that has ended."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Job.started_at, Job.status, Job.counts).where(
+                Job.instance_id == instance_id, Job.started_at >= since
+            )
+        )
+        found = rows.all()
+    starts = [t for t, status, counts in found if status == "running" or "listed" in counts]
+    return max(starts, default=None)

@@ -191,12 +191,19 @@ class Providers:
     ) -> VectorIndex:
         tokenizer = cfg.indexing_options.keyword_tokenizer
         folder = self.settings.instance_dir(instance_id)
+        from rag_service.providers.pg_keyword import PgKeywordIndex, SplitIndex
+
+        keyword = None  # RAGD_KEYWORD_INDEX=postgres: keyword search in the shared database
+        if self.settings.keyword_index == "postgres":
+            url = self.settings.resolved_database_url
+            keyword = await PgKeywordIndex.open(url, instance_id, tokenizer)
         if cfg.backend != "cloudflare":
             from rag_service.providers.local_index import LocalIndex
 
-            return await LocalIndex.aopen(folder / "index", spec, keyword_tokenizer=tokenizer)
+            local = await LocalIndex.aopen(folder / "index", spec, keyword_tokenizer=tokenizer)
+            return local if keyword is None else SplitIndex(local, keyword)
         # The instance's Vectorize index (created with its metadata indexes when missing),
-        # with its keyword side in the instance's data dir.
+        # with its keyword side in the database or in the instance's data dir.
         from rag_service.providers.cloudflare import CloudflareAPI, VectorizeIndex, index_name
         from rag_service.providers.cloudflare.vectorize import MetadataType
 
@@ -209,6 +216,7 @@ class Providers:
             folder / "keyword",
             metadata_indexes=custom,
             keyword_tokenizer=tokenizer,
+            keyword=keyword,
         )
 
     def _s3_source(self, source: str, cfg: InstanceConfig, path_filter: PathFilter) -> ObjectSource:

@@ -110,5 +110,4 @@ class Runtime:
             sessions=self.sessions,
             limits=SizeLimits(self.settings.max_file_bytes, self.settings.max_text_file_bytes),
             window_chunks=self.settings.ingest_window_chunks,
-            instance_dir=self.settings.instance_dir(instance_id),
         )

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rag_service import records
+from rag_service.instances import instance_config
 from rag_service.models import ITEM_STATUSES, Item
 from rag_service.providers.protocols import VectorIndex
 
@@ -19,9 +20,11 @@ async def instance_stats(
     counts: dict[str, int] = dict.fromkeys(ITEM_STATUSES, 0)
     async with sessions() as session:
         counts.update(await records.count_by_status(session, Item, instance_id))
+        paused = instance_config(await records.get_instance(session, instance_id)).paused
     jobs = await records.job_counts(sessions, instance_id)
     return {
         **counts,
+        "paused": paused,  # no scheduled syncs
         "last_activity": await records.last_activity(sessions, instance_id),
         "file_embed_errors": await records.item_errors(sessions, instance_id, ERRORS_SHOWN),
         "index_source_errors": {},

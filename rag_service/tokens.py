@@ -1,27 +1,29 @@
-"""API tokens created through the API, kept in the data dir as SHA-256 hashes only: the value
-is shown once, when the token is created."""
+"""API tokens created through the API, kept in the metadata database as SHA-256 hashes only:
+the value is shown once, when the token is created."""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-import os
 import secrets
-import threading
 import uuid
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from rag_service.errors import InvalidRequest, NotFound
+from rag_service.models import ApiToken
 
 STORE_FILE = "api-tokens.json"
 
 
 Scope = Literal["read", "edit", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "edit", "admin")  # each allows what the ones before do
+_SCOPE_NAMED: dict[str, Scope] = {s: s for s in SCOPES}
 # Cloudflare permission-group names a token's policies may use, and the scope each grants.
 PERMISSION_GROUPS: dict[str, Scope] = {
     "ai search read": "read",
@@ -72,69 +74,66 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def _stored(row: ApiToken) -> StoredToken:
+    scope = _SCOPE_NAMED.get(row.scope, "read")  # an unknown one grants the least
+    issued = row.issued_on.isoformat().replace("+00:00", "Z")
+    return StoredToken(row.id, row.name, row.sha256, issued, row.status, scope)
+
+
 class TokenStore:
-    """The file is re-read when it changes, so tokens made by another process count too."""
+    """Tokens in the metadata database, so that every API process accepts the same ones."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / STORE_FILE
-        self._lock = threading.Lock()
-        self._seen: tuple[float, int] | None = None
-        self._tokens: list[StoredToken] = []
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
 
-    def _load(self) -> list[StoredToken]:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._seen, self._tokens = None, []
-            return self._tokens
-        if self._seen != (st.st_mtime, st.st_size):
-            raw = json.loads(self.path.read_text() or "[]")
-            self._tokens = [StoredToken(**t) for t in raw]
-            self._seen = (st.st_mtime, st.st_size)
-        return self._tokens
-
-    def _save(self, tokens: list[StoredToken]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump([asdict(t) for t in tokens], f, indent=1)
-        os.replace(tmp, self.path)
-        self._seen = None
-
-    def create(self, name: str, scope: Scope = "edit") -> tuple[StoredToken, str]:
+    async def create(self, name: str, scope: Scope = "edit") -> tuple[StoredToken, str]:
         """A new active token and its value (never stored)."""
         value = secrets.token_urlsafe(32)
-        token = StoredToken(
-            id=uuid.uuid4().hex,
-            name=name,
-            sha256=_digest(value),
-            issued_on=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            scope=scope,
-        )
-        with self._lock:
-            self._save([*self._load(), token])
-        return token, value
+        row = ApiToken(id=uuid.uuid4().hex, name=name, sha256=_digest(value), scope=scope)
+        async with self.sessions() as session, session.begin():
+            session.add(row)
+        return _stored(row), value
 
-    def list(self) -> list[StoredToken]:
-        with self._lock:
-            return list(self._load())
+    async def list(self) -> list[StoredToken]:
+        async with self.sessions() as session:
+            rows = await session.scalars(select(ApiToken).order_by(ApiToken.issued_on))
+            return [_stored(r) for r in rows]
 
-    def delete(self, token_id: str) -> StoredToken:
-        with self._lock:
-            tokens = self._load()
-            kept = [t for t in tokens if t.id != token_id]
-            if len(kept) == len(tokens):
+    async def delete(self, token_id: str) -> StoredToken:
+        async with self.sessions() as session, session.begin():
+            row = await session.get(ApiToken, token_id)
+            if row is None:
                 raise NotFound(f"token {token_id!r} not found")
-            self._save(kept)
-        return next(t for t in tokens if t.id == token_id)
+            await session.delete(row)
+        return _stored(row)
 
-    def verify(self, value: str) -> StoredToken | None:
-        digest = _digest(value)
-        with self._lock:
-            tokens = self._load()
-        found = None
-        for t in tokens:
-            if hmac.compare_digest(t.sha256, digest) and t.status == "active":
-                found = t
-        return found
+    async def verify(self, value: str) -> StoredToken | None:
+        async with self.sessions() as session:
+            row = await session.scalar(select(ApiToken).where(ApiToken.sha256 == _digest(value)))
+        return _stored(row) if row is not None and row.status == "active" else None
+
+    async def import_file(self, data_dir: Path) -> int:
+        """Tokens an earlier version kept in the data dir's STORE_FILE, moved into the
+        database once (the file is renamed `.imported`); returns how many were new."""
+        path = data_dir / STORE_FILE
+        if not path.exists():
+            return 0
+        raw: list[dict[str, Any]] = json.loads(path.read_text() or "[]")
+        added = 0
+        async with self.sessions() as session, session.begin():
+            for t in raw:
+                if await session.get(ApiToken, t["id"]) is None:
+                    issued = datetime.fromisoformat(t["issued_on"].replace("Z", "+00:00"))
+                    session.add(
+                        ApiToken(
+                            id=t["id"],
+                            name=t["name"],
+                            sha256=t["sha256"],
+                            scope=t.get("scope", "edit"),
+                            status=t.get("status", "active"),
+                            issued_on=issued,
+                        )
+                    )
+                    added += 1
+        path.rename(path.with_name(path.name + ".imported"))
+        return added

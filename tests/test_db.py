@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import inspect, select
+from alembic import command
+from sqlalchemy import inspect, select, text
 
 from rag_service import db, instances, records
 from rag_service.config import Settings
@@ -21,6 +22,40 @@ async def test_migrations_create_schema_and_are_idempotent(settings: Settings) -
         tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
     await engine.dispose()
     assert {"instances", "items", "jobs", "job_logs", "alembic_version"} <= tables
+
+
+async def test_item_logs_migration_keeps_existing_log_lines(settings: Settings) -> None:
+    """0002 adds job_logs.item_id and details beside the lines already there, and back."""
+    engine = db.create_engine(settings.resolved_database_url)
+    settings.data_dir.mkdir(parents=True)
+
+    def migrate(conn: object, verb: str, revision: str) -> None:
+        cfg = db.alembic_config(settings.resolved_database_url)
+        cfg.attributes["connection"] = conn
+        getattr(command, verb)(cfg, revision)
+
+    def columns(conn: object) -> set[str]:
+        return {c["name"] for c in inspect(conn).get_columns("job_logs")}
+
+    now = "CURRENT_TIMESTAMP"
+    async with engine.begin() as conn:
+        await conn.run_sync(migrate, "upgrade", "0001")
+        for sql in (
+            f"INSERT INTO instances VALUES ('i', '/tmp', '{{}}', {now}, {now})",
+            "INSERT INTO jobs (id, instance_id, source, status, counts) "
+            "VALUES ('j', 'i', 'user', 'completed', '{}')",
+            f"INSERT INTO job_logs (job_id, created_at, message_type, message) "
+            f"VALUES ('j', {now}, 0, 'old line')",
+        ):
+            await conn.execute(text(sql))
+        await conn.run_sync(migrate, "upgrade", "0002")
+        assert {"item_id", "details"} <= await conn.run_sync(columns)
+        row = (await conn.execute(text("SELECT message, item_id, details FROM job_logs"))).one()
+        assert tuple(row) == ("old line", None, None)
+        await conn.run_sync(migrate, "downgrade", "0001")
+        assert not {"item_id", "details"} & await conn.run_sync(columns)
+        assert (await conn.execute(text("SELECT message FROM job_logs"))).scalar() == "old line"
+    await engine.dispose()
 
 
 async def test_instance_item_job_round_trip(settings: Settings) -> None:

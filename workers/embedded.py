@@ -18,12 +18,13 @@ TICK_SECONDS = 30.0
 
 
 async def sync_due(runtime: Runtime, last_run: dict[str, float], now: float) -> None:
-    """Sync each instance whose interval has passed since its last run here (or never ran)."""
+    """Sync each instance whose interval has passed since its last run here (or never ran),
+    unless it is paused."""
     async with runtime.sessions() as session:
         rows = await list_instances(session)
     for row in rows:
-        interval = instance_config(row).sync_interval
-        if now - last_run.get(row.id, float("-inf")) < interval:
+        cfg = instance_config(row)
+        if cfg.paused or now - last_run.get(row.id, float("-inf")) < cfg.sync_interval:
             continue
         last_run[row.id] = now
         try:

@@ -38,10 +38,18 @@ def _retry_later(ctx: dict[str, Any], what: str, reason: str) -> None:
         raise Retry(defer=10 * 2 ** (tries - 1))
 
 
-def _busy(instance_id: str, job_id: str | None) -> dict[str, Any]:
-    reason = f"a sync of instance {instance_id!r} is already running"
+def _skipped(job_id: str | None, reason: str) -> dict[str, Any]:
     log.info(reason)
     return {"job_id": job_id, "status": "skipped", "end_reason": reason, "counts": {}}
+
+
+def _busy(instance_id: str, job_id: str | None) -> dict[str, Any]:
+    return _skipped(job_id, f"a sync of instance {instance_id!r} is already running")
+
+
+async def _paused(runtime: Runtime, instance_id: str) -> bool:
+    _, cfg = await runtime.instances.get(instance_id)
+    return cfg.paused
 
 
 async def sync_instance(
@@ -52,10 +60,16 @@ async def sync_instance(
     description: str | None = None,
 ) -> dict[str, Any]:
     """Sync one instance under its Redis lock (list, diff, then index new and changed items in
-    windows, delete vanished ones); a second sync while one runs is skipped."""
+    windows, delete vanished ones); a second sync while one runs is skipped (its queued job
+    row ends as failed, saying so), and so is a scheduled sync of a paused instance."""
     runtime: Runtime = ctx["runtime"]
+    if source == "schedule" and await _paused(runtime, instance_id):
+        return _skipped(job_id, f"instance {instance_id!r} is paused: no scheduled sync")
     async with instance_lock(ctx["redis"], instance_id, _lock_wait(source)) as held:
         if not held:
+            if job_id is not None:
+                reason = f"skipped: a sync of instance {instance_id!r} was already running"
+                await records.end_queued_job(runtime.sessions, job_id, "failed", reason)
             return _busy(instance_id, job_id)
         result = await runtime.sync(
             instance_id, job_source=source, job_id=job_id, description=description
@@ -107,7 +121,8 @@ async def delete_item(ctx: dict[str, Any], instance_id: str, key: str) -> dict[s
 
 
 async def enqueue_due_syncs(ctx: dict[str, Any]) -> list[str]:
-    """Cron: enqueue a scheduled sync of every instance whose interval has passed.
+    """Cron: enqueue a scheduled sync of every instance whose interval has passed, but for
+    paused ones.
 
     The arq job id names the interval slot, so several workers enqueue each slot once."""
     runtime: Runtime = ctx["runtime"]
@@ -117,9 +132,10 @@ async def enqueue_due_syncs(ctx: dict[str, Any]) -> list[str]:
         rows = await records.list_instances(session)
     last = await records.last_sync_started(runtime.sessions)
     for row in rows:
-        interval = instance_config(row).sync_interval
+        cfg = instance_config(row)
+        interval = cfg.sync_interval
         started: datetime | None = last.get(row.id)
-        if (
+        if cfg.paused or (
             started is not None
             and now - started.replace(tzinfo=started.tzinfo or UTC).timestamp() < interval
         ):

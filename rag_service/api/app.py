@@ -8,10 +8,8 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from litestar import Litestar, Request, Router
-from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -22,11 +20,10 @@ from rag_service.api.errors import EXCEPTION_HANDLERS, document_errors
 from rag_service.api.instances import InstancesController
 from rag_service.api.items import ItemsController
 from rag_service.api.jobs import JobsController
+from rag_service.api.namespaces import NamespacesController, scope_instance
 from rag_service.api.search import SearchController
 from rag_service.api.tokens import TokensController
-from rag_service.api.views import NAMESPACE
 from rag_service.config import Settings
-from rag_service.errors import NotFound
 from rag_service.job_runner import InlineJobs, JobRunner, QueuedJobs
 from rag_service.runtime import Runtime
 from rag_service.tokens import TokenStore
@@ -52,13 +49,6 @@ class SchemaJson(JsonRenderPlugin):
         return self._rendered[key]
 
 
-def default_namespace(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Every instance lives in AI Search's `default` namespace here."""
-    name = connection.path_params.get("namespace")
-    if name != NAMESPACE:
-        raise NotFound(f"namespace {name!r} not found: this service has only {NAMESPACE!r}")
-
-
 def provide_runtime(state: State) -> Runtime:
     runtime: Runtime = state.runtime
     return runtime
@@ -70,14 +60,17 @@ def provide_jobs(state: State) -> JobRunner:
 
 
 def routes() -> list[Router]:
-    """AI Search's instance routes, with and without the namespace, and the token routes."""
+    """AI Search's namespaces, its instance routes with and without the namespace (without:
+    the `default` namespace), and the token routes."""
     controllers = [InstancesController, SearchController, JobsController, ItemsController]
     return [
-        Router(AI_SEARCH, route_handlers=controllers),
+        Router(
+            AI_SEARCH, route_handlers=[*controllers, NamespacesController], guards=[scope_instance]
+        ),
         Router(
             f"{AI_SEARCH}/namespaces/{{namespace:str}}",
             route_handlers=controllers,
-            guards=[default_namespace],
+            guards=[scope_instance],
         ),
         Router("/accounts/{account_id:str}", route_handlers=[TokensController]),
         Router("/user", route_handlers=[TokensController]),
@@ -99,6 +92,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await rt.start()
+        await app.state.tokens.import_file(settings.data_dir)
         task = asyncio.create_task(background(rt)) if background else None
         try:
             yield
@@ -145,7 +139,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.runtime = rt
-    app.state.tokens = TokenStore(settings.data_dir)
+    app.state.tokens = TokenStore(rt.sessions)
     app.state.jobs = jobs
     app.state.metrics = meter
     return app

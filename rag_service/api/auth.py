@@ -23,13 +23,13 @@ def accepted_tokens(connection: ASGIConnection[Any, Any, Any, Any]) -> list[str]
     return [t.get_secret_value() for t in settings.api_tokens]
 
 
-def token_identity(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+async def token_identity(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     """Which token the request carries: `settings` (RAGD_API_TOKENS or the data dir's token)
     or the id of one created through the API. Unauthorized when none matches."""
-    return token_of(connection)[0]
+    return (await token_of(connection))[0]
 
 
-def token_of(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, Scope]:
+async def token_of(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, Scope]:
     """(identity, scope) of the request's token; the operator's tokens are admin."""
     header = connection.headers.get("authorization", "")
     scheme, _sep, token = header.partition(" ")
@@ -39,7 +39,7 @@ def token_of(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, Scope
     if any(hmac.compare_digest(token, t) for t in accepted_tokens(connection)):
         return "settings", "admin"
     store: TokenStore = connection.app.state.tokens
-    created = store.verify(token)
+    created = await store.verify(token)
     if created is None:
         raise Unauthorized("invalid API token")
     return created.id, created.scope
@@ -62,9 +62,11 @@ def needed_scope(connection: ASGIConnection[Any, Any, Any, Any]) -> Scope:
     return "edit"
 
 
-def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_token(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
     """A valid token whose scope covers the request (read < edit < admin)."""
-    identity, scope = token_of(connection)
+    identity, scope = await token_of(connection)
     needed = needed_scope(connection)
     if SCOPES.index(scope) >= SCOPES.index(needed):
         return

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, QueryParameter
 from pydantic import Field
 
 from rag_service import instance_changes, instances, records
 from rag_service.api.errors import envelope
+from rag_service.api.namespaces import namespace_of
 from rag_service.api.paging import Page, PerPage, Search, check_page, check_search, paged
 from rag_service.api.requests import json_body, read_object
-from rag_service.api.views import NAMESPACE, instance_view, iso
+from rag_service.api.views import instance_view, iso
 from rag_service.errors import Conflict, InvalidRequest
-from rag_service.instances import INSTANCE_ID, SYNC_INTERVALS, InstanceConfig
+from rag_service.instances import INSTANCE_ID, SYNC_INTERVALS, InstanceConfig, check_instance_id
 from rag_service.job_runner import JobRunner
 from rag_service.models import Instance
+from rag_service.namespaces import instance_key, split_key
 from rag_service.retrieve.cache import AnswerCache
 from rag_service.runtime import Runtime
 from rag_service.stats import instance_stats
@@ -104,19 +106,23 @@ class InstancesController(Controller):
     async def list_instances(
         self,
         runtime: NamedDependency[Runtime],
+        request: Request[Any, Any, Any],
         page: Page = 1,
         per_page: PerPage = 20,
         search: Search = None,
-        namespace: FromQuery[str | None] = None,
+        namespace_filter: Annotated[
+            str | None, QueryParameter(name="namespace", max_length=64)
+        ] = None,
         order_by: FromQuery[Literal["created_at"]] = "created_at",
         order_by_direction: FromQuery[Literal["asc", "desc"]] = "desc",  # newest first
     ) -> dict[str, Any]:
+        """A namespace's instances; un-namespaced (deprecated), every namespace's unless
+        `?namespace=` names one."""
         check_page(page, per_page)
         check_search(search)
-        if namespace not in (None, NAMESPACE):
-            return paged([], page, per_page, 0)
+        namespace = request.path_params.get("namespace") or namespace_filter
         rows = await records.find_instances(
-            runtime.sessions, search, newest_first=order_by_direction == "desc"
+            runtime.sessions, namespace, search, newest_first=order_by_direction == "desc"
         )
         start = (page - 1) * per_page
         shown = [await view(runtime, r) for r in rows[start : start + per_page]]
@@ -127,11 +133,12 @@ class InstancesController(Controller):
         self, runtime: NamedDependency[Runtime], request: Request[Any, Any, Any]
     ) -> Any:
         body = await read_object(request)
-        instance_id = body.get("id")
-        if not isinstance(instance_id, str):
+        name = body.get("id")
+        if not isinstance(name, str):
             raise InvalidRequest("id is required: the new instance's id (e.g. 'docs')")
         source, changes, unused = config_changes(body)
-        row = await instance_changes.create_instance(runtime, instance_id, source, changes)
+        key = instance_key(namespace_of(request), check_instance_id(name))
+        row = await instance_changes.create_instance(runtime, key, source, changes)
         result = envelope(await view(runtime, row))
         result["messages"] = _notes(unused)
         return result
@@ -151,7 +158,7 @@ class InstancesController(Controller):
         instance_id: FromPath[str],
     ) -> Any:
         body = await read_object(request)
-        if body.get("id") not in (None, instance_id):
+        if body.get("id") not in (None, split_key(instance_id)[1]):
             raise InvalidRequest("an instance's id cannot change")
         source, changes, unused = config_changes(body)
         row = await instance_changes.update_instance(runtime, instance_id, source, changes)
@@ -178,8 +185,8 @@ class InstancesController(Controller):
     ) -> dict[str, Any]:
         """Empty the instance's similarity cache (AI Search's purge_cache)."""
         await runtime.instances.get(instance_id)
-        cache = AnswerCache.for_instance(runtime.settings.instance_dir(instance_id))
-        return envelope({"id": instance_id, "purged": await cache.purge()})
+        cache = AnswerCache(runtime.sessions, instance_id)
+        return envelope({"id": split_key(instance_id)[1], "purged": await cache.purge()})
 
     @get("/{instance_id:str}/stats")
     async def stats(

@@ -1,9 +1,10 @@
-"""An instance's items: list, read, chunks, download, (re)index, delete, upload."""
+"""An instance's items: list, read, chunks, logs, download, (re)index, delete, upload."""
 
 from __future__ import annotations
 
 import mimetypes
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -16,20 +17,43 @@ from pydantic import Field, field_validator
 from rag_service import records, uploads
 from rag_service.api.errors import envelope
 from rag_service.api.options import Lenient
-from rag_service.api.paging import Page, PerPage, Search, check_page, paged
+from rag_service.api.paging import Page, Search, paged
 from rag_service.api.requests import json_body, parse_json, read_json
-from rag_service.api.views import NAMESPACE, iso, item_view
+from rag_service.api.views import iso, item_log_view, item_view
 from rag_service.errors import InvalidRequest, NotFound
+from rag_service.ingest.chunk_offsets import END_BYTE, START_BYTE
 from rag_service.ingest.fetch import SizeLimits
-from rag_service.ingest.index import chunk_id
+from rag_service.ingest.index import CHUNK_FIELDS, chunk_id
+from rag_service.instances import InstanceConfig, check_custom_metadata
 from rag_service.job_runner import JobRunner
 from rag_service.models import ItemStatus
+from rag_service.namespaces import split_key
 from rag_service.query.options import request_filter
 from rag_service.records import item_id_for
 from rag_service.runtime import Runtime
 from rag_service.uploads import unprintable
 
 UPLOAD_MAX_BYTES = 11 * 1024 * 1024  # the text cap (10 MiB) and the form around it
+# Media types of the documents ragd reads that not every system's mime.types knows.
+CONTENT_TYPES = {".md": "text/markdown", ".markdown": "text/markdown", ".mdx": "text/markdown"}
+
+# AI Search's bounds on the items list and the item logs.
+ItemsPerPage = Annotated[int, QueryParameter(ge=1, le=50, description="items per page (max 50)")]
+SourceFilter = Annotated[
+    str | None,
+    QueryParameter(max_length=512, description="only items of this source_id ('builtin': uploads)"),
+]
+MetadataFilter = Annotated[
+    str | None,
+    QueryParameter(
+        name="metadata_filter", max_length=2048, description="a JSON Vectorize-style filter"
+    ),
+]
+LogLimit = Annotated[int, QueryParameter(ge=1, le=100, description="log lines per page")]
+LogCursor = Annotated[
+    str | None,
+    QueryParameter(max_length=512, description="result_info.cursor of the previous page"),
+]
 
 
 class IndexRequest(Lenient):
@@ -52,20 +76,32 @@ class KeyIndexRequest(IndexRequest):
         return key
 
 
-def pending_view(instance_id: str, key: str) -> dict[str, Any]:
+def pending_view(instance_id: str, key: str, source_id: str) -> dict[str, Any]:
     """An item accepted for indexing whose row does not exist yet."""
     now = iso(datetime.now(UTC))
     return {
         "id": item_id_for(instance_id, key),
         "key": key,
-        "namespace": NAMESPACE,
+        "namespace": split_key(instance_id)[0],
         "status": "queued",
         "checksum": "",
         "created_at": now,
         "last_seen_at": now,
-        "source_id": "builtin",
+        "source_id": source_id,
         "next_action": "INDEX",
     }
+
+
+async def source_of(runtime: Runtime, instance_id: str) -> str:
+    """The `source_id` of the instance's items (404 for an unknown instance)."""
+    row, cfg = await runtime.instances.get(instance_id)
+    return uploads.source_id(runtime.settings, row, cfg)
+
+
+async def one_item(runtime: Runtime, instance_id: str, item_id: str) -> dict[str, Any]:
+    """The item in AI Search's shape, in the envelope."""
+    item = await records.get_item(runtime.sessions, instance_id, item_id)
+    return envelope(item_view(item, await source_of(runtime, instance_id)))
 
 
 async def index_key(
@@ -75,17 +111,17 @@ async def index_key(
     running sync of the instance ends."""
     await jobs.index_item(instance_id, key, wait)
     if not wait:
-        return envelope(pending_view(instance_id, key))
-    item_id = item_id_for(instance_id, key)
+        return envelope(pending_view(instance_id, key, await source_of(runtime, instance_id)))
     try:
-        return envelope(item_view(await records.get_item(runtime.sessions, instance_id, item_id)))
+        return await one_item(runtime, instance_id, item_id_for(instance_id, key))
     except NotFound:
         raise NotFound(f"{key!r} is not in the instance's source") from None
 
 
 def content_type(key: str) -> str:
-    guessed, _ = mimetypes.guess_type(key)
-    return guessed or "application/octet-stream"
+    """The item's media type, by its extension."""
+    known = CONTENT_TYPES.get(PurePosixPath(key).suffix.lower())
+    return known or mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
 def attachment(name: str) -> str:
@@ -102,6 +138,29 @@ def metadata_filter(raw: str | None) -> Any:
     return request_filter(parse_json(raw, "metadata_filter"))
 
 
+def upload_metadata(raw: object, cfg: InstanceConfig) -> dict[str, str]:
+    """An upload's `metadata` form field: a JSON object of the instance's custom metadata
+    fields (checked as rag_service.instances.check_custom_metadata says)."""
+    if raw is None or raw == "":
+        return {}
+    given = parse_json(raw, "metadata") if isinstance(raw, str) else None
+    if not isinstance(given, dict):
+        raise InvalidRequest(
+            "metadata must be a JSON object of custom metadata fields, such as "
+            '{"category": "guides"}'
+        )
+    return check_custom_metadata(cfg.custom_metadata, given)
+
+
+def log_cursor(cursor: str | None) -> int | None:
+    """The last log line a previous page showed (its `result_info.cursor`)."""
+    if cursor is None or cursor == "":
+        return None
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
+        raise InvalidRequest("cursor must be the result_info.cursor of a previous page of logs")
+    return int(cursor)
+
+
 class ItemsController(Controller):
     path = "/instances/{instance_id:str}/items"
 
@@ -111,16 +170,19 @@ class ItemsController(Controller):
         runtime: NamedDependency[Runtime],
         instance_id: FromPath[str],
         page: Page = 1,
-        per_page: PerPage = 20,
+        per_page: ItemsPerPage = 20,
         item_id: FromQuery[str | None] = None,
         key: FromQuery[str | None] = None,
         status: FromQuery[ItemStatus | None] = None,
         search: Search = None,
         sort_by: FromQuery[Literal["status", "modified_at"]] = "status",
-        metadata_filter_json: Annotated[str | None, QueryParameter(name="metadata_filter")] = None,
+        source: SourceFilter = None,
+        metadata_filter_json: MetadataFilter = None,
     ) -> dict[str, Any]:
-        check_page(page, per_page)
-        await runtime.instances.get(instance_id)
+        """`source`: every item of an instance has its source's id (one source each)."""
+        source_id = await source_of(runtime, instance_id)
+        if source is not None and source != source_id:
+            return paged([], page, per_page, 0)
         total, rows = await records.list_items(
             runtime.sessions,
             instance_id,
@@ -133,7 +195,7 @@ class ItemsController(Controller):
             sort_by=sort_by,
             metadata_filter=metadata_filter(metadata_filter_json),
         )
-        return paged([item_view(i) for i in rows], page, per_page, total)
+        return paged([item_view(i, source_id) for i in rows], page, per_page, total)
 
     @put("/", operation_class=json_body(KeyIndexRequest))
     async def index_by_key(
@@ -164,6 +226,7 @@ class ItemsController(Controller):
             raise InvalidRequest("the form needs a 'file' field holding a file with a name")
         if len(upload.filename) > 128:
             raise InvalidRequest("file names are limited to 128 characters")
+        metadata = upload_metadata(form.get("metadata"), cfg)
         data = await upload.read()
         limits = SizeLimits(runtime.settings.max_file_bytes, runtime.settings.max_text_file_bytes)
         if len(data) > limits.cap_for(upload.filename):
@@ -171,7 +234,7 @@ class ItemsController(Controller):
                 f"{upload.filename} is {len(data)} bytes, over the "
                 f"{limits.cap_for(upload.filename)} byte limit for its type"
             )
-        key = await uploads.save_upload(runtime.settings, row, cfg, upload.filename, data)
+        key = await uploads.save_upload(runtime.settings, row, cfg, upload.filename, data, metadata)
         wait = str(form.get("wait_for_completion", "")).lower() in ("true", "1")
         return await index_key(runtime, jobs, instance_id, key, wait)
 
@@ -179,7 +242,7 @@ class ItemsController(Controller):
     async def get_item(
         self, runtime: NamedDependency[Runtime], instance_id: FromPath[str], item_id: FromPath[str]
     ) -> dict[str, Any]:
-        return envelope(item_view(await records.get_item(runtime.sessions, instance_id, item_id)))
+        return await one_item(runtime, instance_id, item_id)
 
     @patch("/{item_id:str}", operation_class=json_body(IndexRequest))
     async def sync_item(
@@ -228,18 +291,41 @@ class ItemsController(Controller):
             {
                 "id": m.id,
                 "text": str(m.metadata.get("text", "")),
+                # null for types without a byte map and for chunks indexed before ranges were kept
+                "start_byte": m.metadata.get(START_BYTE),
+                "end_byte": m.metadata.get(END_BYTE),
                 "item": {
                     "key": item.key,
                     "timestamp": m.metadata.get("timestamp"),
-                    "metadata": {
-                        k: v for k, v in m.metadata.items() if k not in ("text", "item_id")
-                    },
+                    "metadata": {k: v for k, v in m.metadata.items() if k not in CHUNK_FIELDS},
                 },
             }
             for m in found
         ]
         body = envelope(result, {"count": len(result), "total_count": item.chunks_count})
         return body
+
+    @get("/{item_id:str}/logs")
+    async def logs(
+        self,
+        runtime: NamedDependency[Runtime],
+        instance_id: FromPath[str],
+        item_id: FromPath[str],
+        limit: LogLimit = 50,
+        cursor: LogCursor = None,
+    ) -> dict[str, Any]:
+        """What syncs did with the item (extracted, chunked, indexed, error, skipped), oldest
+        first; `result_info.cursor` (null on the last page) leads to the next page."""
+        after = log_cursor(cursor)
+        item = await records.get_item(runtime.sessions, instance_id, item_id)
+        rows, more = await records.item_logs(runtime.sessions, item.id, after, limit)
+        info = {
+            "count": len(rows),
+            "cursor": str(rows[-1].id) if more else None,
+            "per_page": limit,
+            "truncated": more,
+        }
+        return envelope([item_log_view(r, item.key) for r in rows], info)
 
     @get("/{item_id:str}/download")
     async def download(

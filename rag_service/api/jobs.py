@@ -1,10 +1,10 @@
-"""Sync jobs of an instance: start one, list them, read one and its log."""
+"""Sync jobs of an instance: start one, list them, read one and its log, cancel one."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 from pydantic import Field
@@ -16,7 +16,7 @@ from rag_service.api.paging import Page, PerPage, check_page, paged
 from rag_service.api.requests import json_body, read_json
 from rag_service.api.views import job_view, log_view, queued_job_view
 from rag_service.errors import NotFound
-from rag_service.job_runner import JobRunner
+from rag_service.job_runner import JobRunner, cancel_sync
 from rag_service.runtime import Runtime
 
 
@@ -24,6 +24,12 @@ class JobCreate(Lenient):
     """A sync job of the instance (the body is optional)."""
 
     description: str | None = Field(None, max_length=1000)
+
+
+class JobUpdate(Lenient):
+    """What to do with a job: AI Search knows one action, `cancel`."""
+
+    action: Literal["cancel"] = Field(description="`cancel`: stop the job at an item boundary")
 
 
 async def read_job_body(request: Request[Any, Any, Any]) -> JobCreate:
@@ -98,3 +104,16 @@ class JobsController(Controller):
             raise NotFound(f"job {job_id!r} not found in instance {instance_id!r}")
         total, rows = await records.job_logs(runtime.sessions, job_id, page, per_page)
         return paged([log_view(line) for line in rows], page, per_page, total)
+
+    @patch("/{job_id:str}", operation_class=json_body(JobUpdate))
+    async def update_job(
+        self,
+        runtime: NamedDependency[Runtime],
+        request: Request[Any, Any, Any],
+        instance_id: FromPath[str],
+        job_id: FromPath[str],
+    ) -> dict[str, Any]:
+        """Cancel a queued or running job (409 once it has ended); the job as it then is."""
+        await read_json(request, JobUpdate)
+        await runtime.instances.get(instance_id)
+        return envelope(job_view(await cancel_sync(runtime.sessions, instance_id, job_id)))

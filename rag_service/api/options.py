@@ -15,6 +15,7 @@ from rag_service.retrieve.boost import MAX_BOOSTS
 from rag_service.retrieve.cache import CacheThreshold
 
 MAX_QUERY_CHARS = 10_000
+MAX_INSTANCES_ACROSS = 10
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
@@ -81,6 +82,8 @@ class AISearchOptions(Lenient):
     reranking: Reranking = Field(default_factory=Reranking)
     cache: Cache = Field(default_factory=Cache)
     custom_metadata: dict[str, str | float | bool] = Field(default_factory=dict, max_length=2)
+    # the namespace routes' instances to search (AI Search: at most 10)
+    instance_ids: list[str] | None = Field(None, min_length=1, max_length=MAX_INSTANCES_ACROSS)
 
     def query_options(self) -> QueryOptions:
         r, qr, rr, cache = self.retrieval, self.query_rewrite, self.reranking, self.cache

@@ -17,12 +17,10 @@ from litestar.params import FromPath
 from rag_service.api.errors import envelope
 from rag_service.api.options import ChatRequest, SearchRequest, note_messages
 from rag_service.api.requests import json_body, read_json
-from rag_service.api.shapes import aisearch_chunk, aisearch_search_result
+from rag_service.api.shapes import aisearch_chunks, aisearch_search_result, instance_errors
 from rag_service.api.sse import DONE, event_stream, sse
 from rag_service.errors import ClientGone, RagError, public_message
-from rag_service.providers.protocols import Usage
 from rag_service.query.pipeline import Answer
-from rag_service.retrieve.search import ScoredChunk
 from rag_service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -66,14 +64,14 @@ def cache_headers(reply: Answer) -> dict[str, str]:
     return {CACHE_STATUS: reply.cache_status} if reply.cache_status else {}
 
 
-def completion(
-    completion_id: str, model: str, text: str, chunks: list[ScoredChunk], usage: Usage
-) -> dict[str, Any]:
-    return {
+def completion(completion_id: str, reply: Answer, text: str, across: bool) -> dict[str, Any]:
+    """OpenAI's chat completion with AI Search's `chunks` (and, across instances, `errors`)."""
+    usage = reply.usage
+    body: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": model,
+        "model": reply.model,
         "choices": [
             {
                 "index": 0,
@@ -86,8 +84,11 @@ def completion(
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         },
-        "chunks": [aisearch_chunk(c) for c in chunks],
+        "chunks": aisearch_chunks(reply.used, reply.origin if across else None),
     }
+    if across:
+        body["errors"] = instance_errors(reply.failed)
+    return body
 
 
 def delta(completion_id: str, model: str, content: str | None, finish: str | None) -> bytes:
@@ -143,18 +144,26 @@ class SearchController(Controller):
             system_prompt=body.system_prompt(),
             route="chat",
         )
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        if not body.stream:
-            text = await whole_answer(request, reply)
-            body_ = completion(completion_id, reply.model, text, reply.used, reply.usage)
-            return Response(body_, headers=cache_headers(reply))
-        return event_stream(streamed(completion_id, reply), cache_headers(reply))
+        return await chat_reply(request, reply, body.stream)
 
 
-async def streamed(completion_id: str, reply: Answer) -> AsyncIterator[bytes]:
+async def chat_reply(
+    request: Request[Any, Any, Any], reply: Answer, stream: bool, across: bool = False
+) -> Any:
+    """The answer as one chat completion, or streamed."""
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if not stream:
+        text = await whole_answer(request, reply)
+        return Response(
+            completion(completion_id, reply, text, across), headers=cache_headers(reply)
+        )
+    return event_stream(streamed(completion_id, reply, across), cache_headers(reply))
+
+
+async def streamed(completion_id: str, reply: Answer, across: bool) -> AsyncIterator[bytes]:
     """AI Search's order: the retrieved chunks first (`event: chunks`), then OpenAI's chunk
     events as the model writes, then `[DONE]`."""
-    yield sse([aisearch_chunk(c) for c in reply.used], event="chunks")
+    yield sse(aisearch_chunks(reply.used, reply.origin if across else None), event="chunks")
     try:
         async with contextlib.aclosing(reply.pieces) as pieces:
             async for piece in pieces:

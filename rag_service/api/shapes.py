@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rag_service.errors import RagError, public_message
+from rag_service.namespaces import split_key
 from rag_service.retrieve.search import ScoredChunk
 
 
@@ -21,7 +23,8 @@ def attributes(c: ScoredChunk) -> dict[str, Any]:
     return shown
 
 
-def aisearch_chunk(c: ScoredChunk) -> dict[str, Any]:
+def aisearch_chunk(c: ScoredChunk, instance_id: str | None = None) -> dict[str, Any]:
+    """One chunk; `instance_id` (the instance's name) tags it in searches across instances."""
     details: dict[str, Any] = {
         k: v
         for k, v in {
@@ -34,8 +37,10 @@ def aisearch_chunk(c: ScoredChunk) -> dict[str, Any]:
         }.items()
         if v is not None
     }
+    tag = {} if instance_id is None else {"instance_id": instance_id}
     return {
         "id": c.id,
+        **tag,
         "type": "text",
         "score": round(c.score, 6),
         "text": c.text,
@@ -44,11 +49,29 @@ def aisearch_chunk(c: ScoredChunk) -> dict[str, Any]:
     }
 
 
-def aisearch_search_result(query: str, chunks: Sequence[ScoredChunk]) -> dict[str, Any]:
+def aisearch_chunks(
+    chunks: Sequence[ScoredChunk], origin: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The chunks; with `origin` (chunk id -> instance key), each tagged with its instance."""
+    if origin is None:
+        return [aisearch_chunk(c) for c in chunks]
+    return [aisearch_chunk(c, split_key(origin[c.id])[1]) for c in chunks]
+
+
+def instance_errors(failed: Mapping[str, RagError]) -> list[dict[str, str]]:
+    """Instances that failed in a search across instances, and why."""
+    return [
+        {"instance_id": split_key(k)[1], "message": public_message(e)} for k, e in failed.items()
+    ]
+
+
+def aisearch_search_result(
+    query: str, chunks: Sequence[ScoredChunk], origin: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "search_query": query,
         "query_kind": "text",
-        "chunks": [aisearch_chunk(c) for c in chunks],
+        "chunks": aisearch_chunks(chunks, origin),
     }
 
 

@@ -54,7 +54,7 @@ class TokensController(Controller):
     @post("/", status_code=200, operation_class=json_body(TokenCreate))
     async def create_token(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         body = await read_json(request, TokenCreate)
-        token, value = store(request).create(body.name, scope_of(body.policies))
+        token, value = await store(request).create(body.name, scope_of(body.policies))
         return envelope({**token_view(token), "value": value})
 
     @get("/")
@@ -65,18 +65,18 @@ class TokensController(Controller):
         per_page: PerPage = 20,
     ) -> dict[str, Any]:
         check_page(page, per_page)
-        tokens = store(request).list()
+        tokens = await store(request).list()
         start = (page - 1) * per_page
         shown = [token_view(t) for t in tokens[start : start + per_page]]
         return paged(shown, page, per_page, len(tokens))
 
     @get("/verify")
     async def verify(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        return envelope({"id": token_identity(request), "status": "active"})
+        return envelope({"id": await token_identity(request), "status": "active"})
 
     @delete("/{token_id:str}", status_code=200)
     async def delete_token(
         self, request: Request[Any, Any, Any], token_id: FromPath[str]
     ) -> dict[str, Any]:
-        store(request).delete(token_id)
+        await store(request).delete(token_id)
         return envelope({"id": token_id})

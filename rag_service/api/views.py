@@ -9,9 +9,9 @@ from rag_service.config import Settings
 from rag_service.ingest.index import folder_of
 from rag_service.instances import InstanceConfig
 from rag_service.models import ITEM_STATUSES, Instance, Item, Job, JobLog
+from rag_service.namespaces import split_key
 from rag_service.retrieve.cache import DEFAULT_TTL
 
-NAMESPACE = "default"
 # Reported when an instance sets no cache_ttl: what the cache then keeps (AI Search's default).
 CACHE_TTL = DEFAULT_TTL
 ENGINE_VERSION = 1.0
@@ -30,17 +30,17 @@ def instance_view(
     row: Instance, cfg: InstanceConfig, settings: Settings, last_activity: datetime | None = None
 ) -> dict[str, Any]:
     return {
-        "id": row.id,
+        "id": row.name,
         "created_at": iso(row.created_at),
         "modified_at": iso(row.modified_at),
         "last_activity": iso(last_activity),
-        "namespace": NAMESPACE,
+        "namespace": row.namespace,
         "type": instance_type(row, cfg),
         "source": row.source,
         "source_params": cfg.source_params.model_dump(),
-        "status": "active",
+        "status": "paused" if cfg.paused else "active",
         "enable": True,
-        "paused": False,
+        "paused": cfg.paused,
         "ai_search_model": cfg.ai_search_model or settings.generation_model,
         "embedding_model": cfg.embedding_model or settings.embedding_model,
         "chunk": cfg.chunk,
@@ -107,11 +107,12 @@ def log_view(line: JobLog) -> dict[str, Any]:
     }
 
 
-def item_view(item: Item) -> dict[str, Any]:
+def item_view(item: Item, source_id: str) -> dict[str, Any]:
+    """`source_id`: what the instance's source is (rag_service.uploads.source_id)."""
     return {
         "id": item.id,
         "key": item.key,
-        "namespace": NAMESPACE,
+        "namespace": split_key(item.instance_id)[0],
         "status": item.status if item.status in ITEM_STATUSES else "error",
         "error": item.error,
         "checksum": item.etag,
@@ -127,6 +128,20 @@ def item_view(item: Item) -> dict[str, Any]:
         "created_at": iso(item.created_at),
         "last_seen_at": iso(item.last_seen_at),
         "modified_at": item.last_modified,
-        "source_id": "builtin",
+        "source_id": source_id,
         "next_action": None,
+    }
+
+
+def item_log_view(line: JobLog, key: str) -> dict[str, Any]:
+    """A line of an item's log (AI Search's item logs: camelCase, every field present)."""
+    details = line.details or {}
+    return {
+        "timestamp": iso(line.created_at),
+        "action": details.get("action", "info"),
+        "message": line.message.removeprefix(f"{key}: "),  # job logs name the item, this not
+        "fileKey": key,
+        "chunkCount": details.get("chunk_count"),
+        "processingTimeMs": details.get("processing_time_ms"),
+        "errorType": details.get("error_type"),
     }

@@ -13,7 +13,8 @@ def result_table(result: EvalResult) -> Table:
     """One row per measured mode (metrics, query time); the others and why, below."""
     title = (
         f"{result.dataset}: {result.documents} documents ({result.chunks} chunks, indexed in "
-        f"{result.ingest_seconds:.0f} s), {result.queries} judged queries"
+        f"{result.ingest_seconds:.0f} s), {result.queries} judged queries, keyword match mode "
+        f"{result.settings.get('keyword_match_mode', '?')}"
     )
     by_reason: dict[str, list[str]] = {}
     for mode, reason in result.not_measured.items():

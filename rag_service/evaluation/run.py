@@ -19,7 +19,7 @@ from rag_service.evaluation.metrics import mean_scores
 from rag_service.instances import InstanceConfig
 from rag_service.query.options import QueryOptions
 from rag_service.registry import Providers
-from rag_service.retrieve.search import RetrievalType, ScoredChunk
+from rag_service.retrieve.search import KeywordMatchMode, RetrievalType, ScoredChunk
 from rag_service.runtime import Runtime
 
 INSTANCE = "beir"
@@ -104,11 +104,15 @@ async def ranked_documents(
         want *= 2
 
 
-def mode_options(mode: Mode, match_threshold: float) -> QueryOptions:
-    """A mode as the query options any request could send (no rewrite: one query each)."""
+def mode_options(
+    mode: Mode, match_threshold: float, keyword_match_mode: KeywordMatchMode | None = None
+) -> QueryOptions:
+    """A mode as the query options any request could send (no rewrite: one query each);
+    `keyword_match_mode` None leaves the instance's default in force."""
     return QueryOptions(
         retrieval_type=mode.retrieval_type,
         fusion_method=mode.fusion_method,
+        keyword_match_mode=keyword_match_mode,
         match_threshold=match_threshold,
         rewrite=False,
         split_exclusions=mode.split_exclusions,
@@ -155,16 +159,33 @@ async def run_eval(
     modes: Sequence[Mode] = MODES,
     depth: int = 100,
     match_threshold: float = 0.0,
+    keyword_match_mode: KeywordMatchMode | None = None,
     progress: EvalProgress | None = None,
     make_providers: Callable[[Settings], Providers] = Providers,
+    database_url: str | None = None,
 ) -> EvalResult:
-    """Score every mode on one instance built in a temporary data dir (nothing is kept).
-    The match threshold defaults to 0: ranking metrics need the whole ranked list."""
+    """Score every mode on one instance built in a temporary data dir (nothing is kept), its
+    database SQLite there or `database_url` (RAGD_KEYWORD_INDEX=postgres: a scratch database).
+    The match threshold defaults to 0: ranking metrics need the whole ranked list; the keyword
+    match mode to the instance default (the one used is in `settings`)."""
+    if settings.keyword_index == "postgres" and database_url is None:
+        from rag_service.providers.pg_keyword import temporary_database
+
+        async with temporary_database(settings.resolved_database_url) as url:
+            return await run_eval(
+                settings, folder, modes=modes, depth=depth, match_threshold=match_threshold,
+                keyword_match_mode=keyword_match_mode, progress=progress,
+                make_providers=make_providers, database_url=url,
+            )  # fmt: skip
     beir = load_beir(folder)
     report = progress or (lambda stage, done, total: None)
     with tempfile.TemporaryDirectory(prefix="ragd-eval-") as tmp:
         st = settings.model_copy(
-            update={"data_dir": Path(tmp) / "data", "database_url": None, "backend": "local"}
+            update={
+                "data_dir": Path(tmp) / "data",
+                "database_url": database_url,
+                "backend": "local",
+            }
         )
         doc_of = write_corpus(beir, Path(tmp) / "corpus")
         async with Runtime(st, make_providers(st)) as rt:
@@ -183,6 +204,8 @@ async def run_eval(
                     "chunk_size": cfg.chunk_size,
                     "chunk_overlap": cfg.chunk_overlap,
                     "match_threshold": match_threshold,
+                    "keyword_match_mode": keyword_match_mode
+                    or cfg.retrieval_options.keyword_match_mode,
                     "depth": depth,
                 },
             )
@@ -194,7 +217,7 @@ async def run_eval(
                     result.not_measured[mode.name] = NO_RERANKER
                     continue
                 started = time.perf_counter()
-                options = mode_options(mode, match_threshold)
+                options = mode_options(mode, match_threshold, keyword_match_mode)
                 rankings = await rank_queries(
                     rt, options, beir, doc_of, depth, functools.partial(report, mode.name)
                 )

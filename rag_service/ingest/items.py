@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from rag_service import records
 from rag_service.errors import ExtractError, NoTextError, ObjectTooLarge, RagError
-from rag_service.ingest.chunk import chunk_text
+from rag_service.ingest.chunk import Chunk, chunk_item
 from rag_service.ingest.embed import embed_groups
 from rag_service.ingest.fetch import SizeLimits, fetch_object
 from rag_service.ingest.index import custom_fields, delete_chunks, index_chunks
 from rag_service.ingest.isolate import extract_isolated
+from rag_service.ingest.itemlog import Action, ItemLog, n_chunks
 from rag_service.ingest.retry import retry_transient
 from rag_service.instances import InstanceConfig
 from rag_service.models import Item, ItemStatus
@@ -50,7 +51,6 @@ class SyncContext:
     # batch per window costs ~15% with MiniLM on 2 cores at 32 items); an interrupted sync
     # redoes at most one window.
     window_chunks: int = 512
-    instance_dir: Path | None = None  # where the instance's answer cache lives, if anywhere
 
     @property
     def overlap_stages(self) -> bool:
@@ -72,7 +72,7 @@ class Outcome:
         return int(self.detail) if self.status == "completed" else 0
 
 
-Ready = tuple[ObjectInfo, list[str], Item]  # an object, its chunks, its (running) item row
+Ready = tuple[ObjectInfo, list[Chunk], Item]  # an object, its chunks, its (running) item row
 
 
 @dataclass
@@ -81,6 +81,7 @@ class Prepared:
 
     ready: list[Ready] = field(default_factory=list)
     done: list[Outcome] = field(default_factory=list)
+    since: dict[str, float] = field(default_factory=dict)  # key -> when its fetch began
 
     @property
     def chunks(self) -> int:
@@ -89,26 +90,39 @@ class Prepared:
     def add(self, other: Prepared) -> None:
         self.ready += other.ready
         self.done += other.done
+        self.since |= other.since
 
 
-async def chunks_of(ctx: SyncContext, info: ObjectInfo) -> list[str]:
-    """Fetch, extract and chunk one object; raises RagError saying why it cannot be read."""
+async def chunks_of(ctx: SyncContext, info: ObjectInfo, item_log: ItemLog) -> list[Chunk]:
+    """Fetch, extract and chunk one object, saying so in its log; raises RagError saying why
+    it cannot be read."""
+    started = time.perf_counter()
     data = await retry_transient(
         lambda: fetch_object(ctx.source, info, ctx.limits), what=f"fetching {info.key}"
     )
     text = await extract_isolated(info.key, data)  # in a worker process, time/memory-bound
+    item_log.add(
+        info.key,
+        "extracted",
+        f"extracted {len(text)} characters from {len(data)} bytes",
+        since=started,
+    )
+    started = time.perf_counter()
     size = min(ctx.config.chunk_size, ctx.embedder.max_tokens - 2)
     overlap = min(ctx.config.overlap_tokens, size // 2)
-    chunks = await asyncio.to_thread(chunk_text, text, ctx.embedder, size, overlap)
+    chunks = await asyncio.to_thread(chunk_item, info.key, data, text, ctx.embedder, size, overlap)
     if not chunks:
         raise NoTextError("no extractable text")
+    n = len(chunks)
+    item_log.add(info.key, "chunked", f"chunked into {n_chunks(n)}", chunk_count=n, since=started)
     return chunks
 
 
 async def prepare_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str) -> Prepared:
-    prepared = Prepared()
+    prepared = Prepared(since=dict.fromkeys((i.key for i in infos), time.perf_counter()))
+    item_log = ItemLog(ctx.instance_id, job_id)
     results = await asyncio.gather(
-        *(chunks_of(ctx, info) for info in infos), return_exceptions=True
+        *(chunks_of(ctx, info, item_log) for info in infos), return_exceptions=True
     )
     for info, result in zip(infos, results, strict=True):
         if isinstance(result, list):
@@ -118,9 +132,10 @@ async def prepare_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str)
             )
             prepared.ready.append((info, result, item))
         elif isinstance(result, Exception):
-            prepared.done.append(await _unreadable(ctx, info, job_id, result))
+            prepared.done.append(await _unreadable(ctx, info, job_id, result, item_log))
         else:
             raise result  # cancellation and the like are not an item's problem
+    await item_log.write(ctx.sessions)
     return prepared
 
 
@@ -128,7 +143,8 @@ async def finish_window(ctx: SyncContext, prepared: Prepared, job_id: str) -> li
     """Embed the window, write every item's chunks, then record each outcome. The writes of
     the whole window (at most `window_chunks` chunks) go out at once, so that a remote index
     merges them into few requests."""
-    vectors = await embed_groups(ctx.embedder, [chunks for _, chunks, _ in prepared.ready])
+    groups = [[c.text for c in chunks] for _, chunks, _ in prepared.ready]
+    vectors = await embed_groups(ctx.embedder, groups)
 
     async def store(ready: Ready, vecs: Vector | RagError) -> dict[str, MetadataValue] | Exception:
         """The item's chunks written (returns the custom metadata they carry), or why not."""
@@ -147,14 +163,19 @@ async def finish_window(ctx: SyncContext, prepared: Prepared, job_id: str) -> li
 
     stored = await asyncio.gather(*map(store, prepared.ready, vectors))
     outcomes = list(prepared.done)
+    item_log = ItemLog(ctx.instance_id, job_id)
     for (info, chunks, item), result in zip(prepared.ready, stored, strict=True):
         if isinstance(result, Exception):
-            outcomes.append(await _unreadable(ctx, info, job_id, result))
+            outcomes.append(await _unreadable(ctx, info, job_id, result, item_log))
             continue
+        n = len(chunks)
         await records.end_item(
-            ctx.sessions, item.id, info, "completed", chunks_count=len(chunks), metadata=result
+            ctx.sessions, item.id, info, "completed", chunks_count=n, metadata=result
         )
-        outcomes.append(Outcome(info, "completed", str(len(chunks))))
+        since = prepared.since.get(info.key)
+        item_log.add(info.key, "indexed", f"indexed {n_chunks(n)}", chunk_count=n, since=since)
+        outcomes.append(Outcome(info, "completed", str(n)))
+    await item_log.write(ctx.sessions)
     return outcomes
 
 
@@ -162,8 +183,11 @@ async def index_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str) -
     return await finish_window(ctx, await prepare_window(ctx, infos, job_id), job_id)
 
 
-async def _unreadable(ctx: SyncContext, info: ObjectInfo, job_id: str, exc: Exception) -> Outcome:
-    """Record an item that could not be read; its old text (if any) must stop answering."""
+async def _unreadable(
+    ctx: SyncContext, info: ObjectInfo, job_id: str, exc: Exception, item_log: ItemLog
+) -> Outcome:
+    """Record an item that could not be read (its log line goes to `item_log`); its old text (if
+    any) must stop answering."""
     status: ItemStatus
     if isinstance(exc, RagError):
         status = "skipped" if isinstance(exc, NoTextError) else "error"
@@ -178,8 +202,8 @@ async def _unreadable(ctx: SyncContext, info: ObjectInfo, job_id: str, exc: Exce
     if not retry:
         await delete_chunks(ctx.index, item.id, 0, _written(item))
     await records.end_item(ctx.sessions, item.id, info, status, error=message, retry=retry)
-    level = records.WARNING if status == "skipped" else records.ERROR
-    await records.log_line(ctx.sessions, job_id, f"{info.key}: {message}", level)
+    action: Action = "skipped" if status == "skipped" else "error"
+    item_log.add(info.key, action, message, error_type=type(exc).__name__)
     return Outcome(info, status, message, retry)
 
 

@@ -28,7 +28,7 @@ from rag_service.ingest.retry import retry_transient
 from rag_service.models import Item, JobStatus, utcnow
 from rag_service.providers.protocols import ObjectInfo
 from rag_service.providers.usage import UsageMeter
-from rag_service.retrieve.cache import invalidate_items
+from rag_service.retrieve.cache import AnswerCache
 
 SETTLE_TIMEOUT_S = 120.0
 CRASH_RECORD_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)  # ~30 s to record why a sync crashed
@@ -39,7 +39,7 @@ __all__ = ["SyncContext", "SyncProgress", "SyncResult", "delete_one", "index_one
 @dataclass
 class SyncResult:
     job_id: str
-    status: JobStatus  # completed | failed
+    status: JobStatus  # completed | failed | cancelled
     end_reason: str
     counts: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -82,6 +82,10 @@ async def record_usage(ctx: SyncContext, job_id: str, meter: UsageMeter) -> dict
     return usage
 
 
+class SyncCancelled(Exception):
+    """The job was cancelled: raised at an item boundary, caught by `run_sync`."""
+
+
 async def _run_sync(
     ctx: SyncContext,
     job_source: str,
@@ -94,46 +98,11 @@ async def _run_sync(
     job = await records.start_job(
         ctx.sessions, ctx.instance_id, job_source, description, job_id=job_id
     )
+    if job.status == "cancelled":  # before it started: nothing to do
+        return SyncResult(job.id, "cancelled", job.end_reason or "cancelled")
     counts: Counter[str] = Counter()
     try:
-        listing = await retry_transient(lambda: list_source(ctx.source), what="listing")
-        items = await records.load_items(ctx.sessions, ctx.instance_id)
-        plan = plan_sync(listing, items)
-        counts.update(
-            listed=len(listing),
-            new=len(plan.new),
-            changed=len(plan.changed),
-            unchanged=len(plan.unchanged),
-            deleted=len(plan.deleted),
-        )
-        await records.set_job_counts(ctx.sessions, job.id, dict(counts))
-        await records.log_line(
-            ctx.sessions,
-            job.id,
-            f"listed {len(listing)} objects: {len(plan.new)} new, {len(plan.changed)} changed, "
-            f"{len(plan.unchanged)} unchanged, {len(plan.deleted)} deleted",
-        )
-        changed: list[str] = [item.id for item in plan.deleted]
-        by_key = {item.key: item for item in items}
-        await records.touch_items(
-            ctx.sessions, [by_key[i.key].id for i in plan.unchanged], utcnow()
-        )
-        await records.queue_items(ctx.sessions, ctx.instance_id, plan.to_index, job.id)
-        for item in plan.deleted:
-            await delete_item(ctx, item)
-            if progress:
-                progress("deleted", item, "")
-
-        def done(outcome: Outcome) -> None:
-            changed.append(records.item_id_for(ctx.instance_id, outcome.info.key))
-            counts[outcome.status] += 1
-            counts["chunks"] += outcome.chunks
-            if progress:
-                progress(outcome.status, outcome.info, outcome.detail)
-
-        await index_all(ctx, plan.to_index, job.id, done)
-        await settle_index(ctx, job.id)
-        await drop_cached_answers(ctx, changed)
+        cancelled = await _sync_items(ctx, job.id, counts, progress)
     except RagError as exc:
         reason = f"sync failed: {exc.message}"
         await records.log_line(ctx.sessions, job.id, reason, records.ERROR)
@@ -147,9 +116,81 @@ async def _run_sync(
         f"{counts['completed']} indexed, {counts['error']} errors, {counts['skipped']} skipped, "
         f"{counts['unchanged']} unchanged, {counts['deleted']} deleted"
     )
-    await records.log_line(ctx.sessions, job.id, f"done: {reason}")
-    await records.finish_job(ctx.sessions, job.id, "completed", reason, dict(counts))
-    return SyncResult(job.id, "completed", reason, counts, time.perf_counter() - started)
+    status: JobStatus = "cancelled" if cancelled else "completed"
+    if cancelled:
+        reason = f"cancelled at an item boundary: {reason}; the items not reached are unchanged"
+    await records.log_line(ctx.sessions, job.id, reason if cancelled else f"done: {reason}")
+    await records.finish_job(ctx.sessions, job.id, status, reason, dict(counts))
+    return SyncResult(job.id, status, reason, counts, time.perf_counter() - started)
+
+
+async def _sync_items(
+    ctx: SyncContext, job_id: str, counts: Counter[str], progress: SyncProgress | None
+) -> bool:
+    """List, diff, delete vanished items and index new and changed ones, counting in
+    `counts`. True when the job was cancelled: it stopped at an item boundary, and the items
+    it had not reached are back as they were."""
+    listing = await retry_transient(lambda: list_source(ctx.source), what="listing")
+    items = await records.load_items(ctx.sessions, ctx.instance_id)
+    plan = plan_sync(listing, items)
+    counts.update(
+        listed=len(listing),
+        new=len(plan.new),
+        changed=len(plan.changed),
+        unchanged=len(plan.unchanged),
+        deleted=len(plan.deleted),
+    )
+    await records.set_job_counts(ctx.sessions, job_id, dict(counts))
+    await records.log_line(
+        ctx.sessions,
+        job_id,
+        f"listed {len(listing)} objects: {len(plan.new)} new, {len(plan.changed)} changed, "
+        f"{len(plan.unchanged)} unchanged, {len(plan.deleted)} deleted",
+    )
+    changed: list[str] = []
+    by_key = {item.key: item for item in items}
+    await records.touch_items(ctx.sessions, [by_key[i.key].id for i in plan.unchanged], utcnow())
+    await records.queue_items(ctx.sessions, ctx.instance_id, plan.to_index, job_id)
+
+    def done(outcome: Outcome) -> None:
+        changed.append(records.item_id_for(ctx.instance_id, outcome.info.key))
+        counts[outcome.status] += 1
+        counts["chunks"] += outcome.chunks
+        if progress:
+            progress(outcome.status, outcome.info, outcome.detail)
+
+    try:
+        await delete_vanished(ctx, plan.deleted, job_id, changed, progress)
+        await index_all(ctx, plan.to_index, job_id, done)
+        cancelled = False
+    except SyncCancelled:
+        await records.restore_items(ctx.sessions, job_id, {item.id: item for item in items})
+        cancelled = True
+    await settle_index(ctx, job_id)
+    await drop_cached_answers(ctx, changed)
+    return cancelled
+
+
+async def stop_if_cancelled(ctx: SyncContext, job_id: str) -> None:
+    """Raise SyncCancelled when the job's cancellation was asked for (an item boundary)."""
+    if await records.cancel_requested(ctx.sessions, job_id):
+        raise SyncCancelled
+
+
+async def delete_vanished(
+    ctx: SyncContext,
+    vanished: list[Item],
+    job_id: str,
+    changed: list[str],
+    progress: SyncProgress | None,
+) -> None:
+    """Drop the items gone from the source, one at a time (each noted in `changed`)."""
+    for item in vanished:
+        await stop_if_cancelled(ctx, job_id)
+        changed.append(item.id)
+        await delete_item(ctx, item)
+        if progress:
+            progress("deleted", item, "")
 
 
 async def finish_after_crash(
@@ -172,8 +213,8 @@ async def finish_after_crash(
 
 async def drop_cached_answers(ctx: SyncContext, item_ids: list[str]) -> None:
     """Cached answers grounded on re-indexed or deleted items must not be served again."""
-    if ctx.instance_dir is not None and item_ids:
-        await invalidate_items(ctx.instance_dir, item_ids)
+    if item_ids:
+        await AnswerCache(ctx.sessions, ctx.instance_id).invalidate_items(item_ids)
 
 
 async def settle_index(ctx: SyncContext, job_id: str) -> bool:
@@ -200,7 +241,8 @@ async def index_all(
     ctx: SyncContext, infos: list[ObjectInfo], job_id: str, done: Callable[[Outcome], None]
 ) -> None:
     """Index `infos`: prepare groups of items until a window holds `ctx.window_chunks` chunks,
-    then embed and write it. With remote models the next group is prepared meanwhile."""
+    then embed and write it. With remote models the next group is prepared meanwhile. A
+    cancelled job stops after each group prepared (SyncCancelled), before writing more."""
     groups = [infos[i : i + PREPARE_GROUP] for i in range(0, len(infos), PREPARE_GROUP)]
     if not groups:
         return
@@ -209,8 +251,13 @@ async def index_all(
     )
     window = Prepared()
     try:
+        await stop_if_cancelled(ctx, job_id)
         for n in range(len(groups)):
             window.add(await pending)
+            if await records.cancel_requested(ctx.sessions, job_id):
+                for outcome in window.done:  # unreadable items, recorded already
+                    done(outcome)
+                raise SyncCancelled  # the window's other items are not written
             following = groups[n + 1] if n + 1 < len(groups) else None
             full = following is None or window.chunks >= ctx.window_chunks
             if following is not None and (ctx.overlap_stages or not full):

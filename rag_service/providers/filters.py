@@ -24,6 +24,7 @@ COMPOUND_TYPES = ("and", "or")
 AUTORAG_TYPES = COMPARISON_TYPES + COMPOUND_TYPES
 MAX_DEPTH = 32  # compound filters within compound filters
 MAX_FIELD_CHARS = 512  # Vectorize's limit on a metadata key
+FILTERABLE_BYTES = 64  # Vectorize indexes the first 64 bytes of a string value
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
 _MISSING = object()
 MISSING, NULL, BOOL, NUM, STR, OTHER = range(6)
@@ -37,6 +38,20 @@ def _shown(value: object) -> str:
     """Client data for a message: shortened."""
     text = _REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def indexed(value: Any) -> Any:
+    """What a filter compares of a metadata value, as Vectorize indexes it: a string's first
+    64 bytes of UTF-8 (cut at a character boundary); any other value whole."""
+    if not isinstance(value, str) or len(value) <= FILTERABLE_BYTES // 4:
+        return value
+    data = value.encode("utf-8", "surrogatepass")
+    if len(data) <= FILTERABLE_BYTES:
+        return value
+    cut = FILTERABLE_BYTES
+    while data[cut] & 0xC0 == 0x80:  # a continuation byte: back to its character's start
+        cut -= 1
+    return data[:cut].decode("utf-8", "surrogatepass")
 
 
 def _scalar_problem(v: object) -> str | None:
@@ -91,7 +106,7 @@ def _check_value(field: str, op: str, v: object) -> Any:
                     f"filter {field}.{op} list items must be strings, numbers or booleans: "
                     f"{problem}"
                 )
-        return list(v)
+        return [indexed(x) for x in v]
     if isinstance(v, list | tuple):
         raise InvalidRequest(f"filter {field}.{op} takes a single value; use $in for a list")
     if v is None and op in EQ_OPS:
@@ -99,7 +114,7 @@ def _check_value(field: str, op: str, v: object) -> Any:
     if problem := _scalar_problem(v):
         allowed = "a string, number, boolean or null" if op in EQ_OPS else "a string or number"
         raise InvalidRequest(f"filter {field}.{op} takes {allowed}: {problem}")
-    return v
+    return indexed(v)
 
 
 def validate_filter(f: object) -> NormFilter:
@@ -249,9 +264,10 @@ def _op(have: object, op: str, want: Any) -> bool:
 
 
 def matches(metadata: Mapping[str, Any], f: NormFilter) -> bool:
-    """Reference semantics of a normalised filter over one metadata mapping."""
+    """Reference semantics of a normalised filter over one metadata mapping (strings compared
+    on what is indexed of them)."""
     return all(
-        _op(metadata.get(field, _MISSING), op, want)
+        _op(indexed(metadata.get(field, _MISSING)), op, want)
         for field, ops in f.items()
         for op, want in ops.items()
     )
@@ -287,7 +303,7 @@ class Column:
     def set(self, pos: int, v: Any, kind: int) -> None:
         self.kind[pos] = kind
         self.num[pos] = float(v) if kind in (BOOL, NUM) else 0.0
-        self.code[pos] = self._code(v) if kind == STR else -1
+        self.code[pos] = self._code(indexed(v)) if kind == STR else -1
 
     def set_many(self, pos: npt.NDArray[np.int64], kinds: list[int], values: Sequence[Any]) -> None:
         k = np.array(kinds, np.int8)
@@ -295,7 +311,7 @@ class Column:
         numeric = np.flatnonzero((k == BOOL) | (k == NUM))
         self.num[pos[numeric]] = [float(values[i]) for i in numeric.tolist()]
         strings = np.flatnonzero(k == STR)
-        self.code[pos[strings]] = [self._code(values[i]) for i in strings.tolist()]
+        self.code[pos[strings]] = [self._code(indexed(values[i])) for i in strings.tolist()]
 
     def move(self, src: int, dst: int) -> None:
         self.kind[dst] = self.kind[src]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,21 @@ from pathlib import Path
 from rag_service.errors import ObjectTooLarge, SourceError
 from rag_service.providers.globs import PathFilter
 from rag_service.providers.protocols import ObjectInfo
+
+
+def metadata_path(path: Path) -> Path:
+    """Where a file's custom metadata is kept (a hidden file, so never listed itself): the
+    folder's counterpart of S3 object metadata, written for uploads with `metadata`."""
+    return path.with_name(f".{path.name}.metadata.json")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The file's custom metadata (a JSON object of strings), or none."""
+    try:
+        found = json.loads(metadata_path(path).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 class FolderSource:
@@ -47,7 +63,7 @@ class FolderSource:
             return None  # a symlink out of the folder is not the folder's
         # A cheap change signature, as S3's ETag is: size and mtime in nanoseconds.
         etag = hashlib.md5(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-        return ObjectInfo(key, etag, st.st_size, st.st_mtime)
+        return ObjectInfo(key, etag, st.st_size, st.st_mtime, read_metadata(path))
 
     async def stat(self, key: str) -> ObjectInfo | None:
         path = (self.root / key).resolve()

@@ -19,6 +19,7 @@ from rag_service.retrieve.cache import (
     AnswerCache,
     CachedAnswer,
     CacheThreshold,
+    Sessions,
     chunks_unchanged,
 )
 from rag_service.retrieve.search import ScoredChunk
@@ -34,6 +35,7 @@ class AnswerCacheUse:
 
 def cache_use(
     settings: Settings,
+    sessions: Sessions,
     instance_id: str,
     cfg: InstanceConfig,
     plan: Plan,
@@ -57,9 +59,7 @@ def cache_use(
         **request,
     }
     digest = hashlib.sha256(json.dumps(scope, sort_keys=True, default=str).encode()).hexdigest()
-    cache = AnswerCache.for_instance(
-        settings.instance_dir(instance_id), cfg.cache_ttl or DEFAULT_TTL
-    )
+    cache = AnswerCache(sessions, instance_id, cfg.cache_ttl or DEFAULT_TTL)
     return AnswerCacheUse(cache, digest, prompt, plan.cache)
 
 

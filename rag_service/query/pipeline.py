@@ -4,11 +4,13 @@ similarity cache around retrieve -> prompt -> generate."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from rag_service import records
 from rag_service.config import Settings
+from rag_service.errors import RagError
 from rag_service.instance_registry import InstanceRegistry
 from rag_service.instances import InstanceConfig
 from rag_service.providers.protocols import ChatMessage, Usage
@@ -28,6 +30,7 @@ REWRITE_FIRST_MESSAGE = (
     "message is searched as given"
 )
 CACHE_ON_SEARCH = "the similarity cache keeps generated answers; search results are not cached"
+CACHE_ACROSS = "the similarity cache is per instance: answers across instances are not cached"
 NO_OPTIONS = QueryOptions()
 
 
@@ -36,6 +39,8 @@ class SearchResult:
     search_query: str  # what was searched: the question rewritten and split as planned
     chunks: list[ScoredChunk]  # best first
     notes: list[str] = field(default_factory=list)  # for the response's `messages`
+    origin: dict[str, str] = field(default_factory=dict)  # across instances: chunk id -> instance
+    failed: dict[str, RagError] = field(default_factory=dict)  # across instances: who failed, why
 
 
 @dataclass
@@ -47,6 +52,8 @@ class Answer:
     usage: Usage = field(default_factory=Usage)
     cache_status: str | None = None  # HIT or MISS when the cache was asked
     notes: list[str] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)  # as in SearchResult
+    failed: dict[str, RagError] = field(default_factory=dict)
 
 
 class QueryPipeline:
@@ -95,11 +102,87 @@ class QueryPipeline:
         self.providers.check_model(model or cfg.ai_search_model)  # before any work
         plan = plan_query(cfg, options)
         scope = {"route": route, "earlier": earlier, "model": model, "system_prompt": system_prompt}
-        use = cache_use(self.settings, instance_id, cfg, plan, question, scope)
+        use = cache_use(
+            self.settings, self.instances.sessions, instance_id, cfg, plan, question, scope
+        )
         hit = await cached(await self.providers.index(instance_id, cfg), use) if use else None
         if hit is not None:
             return Answer(hit.model, question, hit.chunks, once(hit.answer), cache_status="HIT")
         found = await self._retrieve(instance_id, cfg, plan, question, earlier, model)
+        reply = await self._write(cfg, question, found, model, system_prompt)
+        if use is not None:
+            reply.cache_status = "MISS"
+            if reply.used:
+                reply.pieces = remembered(reply.pieces, use, reply.model, reply.used)
+        await self._note_if_empty(instance_id, reply.used, reply.notes)
+        return reply
+
+    async def search_across(
+        self,
+        instance_ids: Sequence[str],
+        question: str,
+        options: QueryOptions = NO_OPTIONS,
+        earlier: Sequence[ChatMessage] | None = None,
+    ) -> SearchResult:
+        """One search over several instances: each searched as `search` does, the chunks merged
+        by score and cut to the first instance's `max_num_results` (or the request's); an
+        instance that fails is reported in `failed` unless all do (then its error is raised)."""
+        asked = list(dict.fromkeys(instance_ids))
+        results = await asyncio.gather(
+            *(self.search(i, question, options, earlier) for i in asked), return_exceptions=True
+        )
+        answered: list[tuple[str, SearchResult]] = []
+        failed: dict[str, RagError] = {}
+        for instance_id, result in zip(asked, results, strict=True):
+            if isinstance(result, RagError):
+                failed[instance_id] = result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answered.append((instance_id, result))
+        if not answered:
+            raise failed[asked[0]]
+        lead, first = answered[0]
+        merged = SearchResult(first.search_query, [], failed=failed)
+        for instance_id, result in answered:
+            merged.chunks.extend(result.chunks)
+            merged.origin.update((c.id, instance_id) for c in result.chunks)
+            merged.notes.extend(n for n in result.notes if n not in merged.notes)
+        plan = plan_query(await self.instances.config(lead), options)
+        merged.chunks.sort(key=lambda c: c.score, reverse=True)
+        del merged.chunks[plan.retrieval.max_num_results :]
+        return merged
+
+    async def answer_across(
+        self,
+        instance_ids: Sequence[str],
+        question: str,
+        options: QueryOptions = NO_OPTIONS,
+        *,
+        earlier: Sequence[ChatMessage] | None = None,
+        model: str | None = None,
+        system_prompt: str | None = None,
+    ) -> Answer:
+        """A grounded answer over several instances' merged chunks, written with the first
+        answering instance's models and prompt; the similarity cache is per instance and is
+        not used here."""
+        found = await self.search_across(instance_ids, question, options, earlier)
+        lead = next(i for i in dict.fromkeys(instance_ids) if i not in found.failed)
+        cfg = await self.instances.config(lead)
+        self.providers.check_model(model or cfg.ai_search_model)
+        if plan_query(cfg, options).cache is not None:
+            found.notes.append(CACHE_ACROSS)
+        return await self._write(cfg, question, found, model, system_prompt)
+
+    async def _write(
+        self,
+        cfg: InstanceConfig,
+        question: str,
+        found: SearchResult,
+        model: str | None,
+        system_prompt: str | None,
+    ) -> Answer:
+        """Prompt -> generate over `found` (nothing is generated until the answer is read)."""
         usage = Usage()
         if self.providers.extracts(cfg, model):
             model_id, used = EXTRACTIVE_MODEL, found.chunks[:CHUNKS_READ]
@@ -112,17 +195,15 @@ class QueryPipeline:
             prompt = build_prompt(generator, question, found.chunks, max_tokens, system)
             model_id, used = generator.model_id, prompt.used
             pieces = generate_answer(generator, prompt, max_tokens, usage)
-        if use is not None and used:
-            pieces = remembered(pieces, use, model_id, used)
-        await self._note_if_empty(instance_id, used, found.notes)
         return Answer(
             model_id,
             found.search_query,
             used,
             pieces,
             usage,
-            cache_status="MISS" if use is not None else None,
             notes=found.notes,
+            origin=found.origin,
+            failed=found.failed,
         )
 
     async def _retrieve(

@@ -4,27 +4,27 @@ nearly the same, within the cache TTL, while the chunks it was grounded on are u
 As AI Search documents it: prompts are split into overlapping word shingles, MinHash
 fingerprints go into LSH buckets to find candidates, and a candidate is reused when it is
 similar enough for the chosen level. Here the last step is the exact Jaccard similarity of the
-two shingle sets, so a level means one number. Entries live per instance in a SQLite file in
-its data dir (read by the API, invalidated by the sync, possibly another process), and each
-holds the answer, the chunks behind it and its creation time.
+two shingle sets, so a level means one number. Entries live in the metadata database (read by
+every API process, invalidated by the sync), and each holds the answer, the chunks behind it
+and its creation time.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import random
 import re
-import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from rag_service.models import CacheBucket, CacheEntry, CacheItem
 from rag_service.providers.protocols import VectorIndex
 from rag_service.retrieve.search import ScoredChunk
 
@@ -37,7 +37,7 @@ THRESHOLDS: Mapping[CacheThreshold, float] = {
     "anything_goes": 0.4,
 }
 DEFAULT_TTL = 48 * 3600  # AI Search's default cache_ttl (600 s .. 6 days)
-CACHE_FILE = "answer-cache.sqlite"
+Sessions = async_sessionmaker[AsyncSession]
 
 # 64 bands of 2 rows: a prompt at Jaccard 0.4 shares a band with probability 0.99998, at 0.2
 # 0.93; LSH only proposes candidates, the exact similarity decides.
@@ -108,80 +108,45 @@ class CachedAnswer:
     similarity: float
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY, scope TEXT NOT NULL, prompt TEXT NOT NULL, model TEXT NOT NULL,
-    answer TEXT NOT NULL, chunks TEXT NOT NULL, digests TEXT NOT NULL, created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS entries_created ON entries (created);
-CREATE TABLE IF NOT EXISTS buckets (
-    key INTEGER NOT NULL, entry INTEGER NOT NULL REFERENCES entries (id) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS buckets_key ON buckets (key);
-CREATE INDEX IF NOT EXISTS buckets_entry ON buckets (entry);
-CREATE TABLE IF NOT EXISTS entry_items (
-    item TEXT NOT NULL, entry INTEGER NOT NULL REFERENCES entries (id) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS entry_items_item ON entry_items (item);
-CREATE INDEX IF NOT EXISTS entry_items_entry ON entry_items (entry);
-"""
-
-
 class AnswerCache:
-    """One instance's cache file. Every call opens its own connection in a worker thread."""
+    """One instance's entries, in the metadata database (every API process shares them)."""
 
-    def __init__(self, path: Path, ttl: float = DEFAULT_TTL) -> None:
-        self.path, self.ttl = path, ttl
-
-    @classmethod
-    def for_instance(cls, instance_dir: Path, ttl: float = DEFAULT_TTL) -> AnswerCache:
-        return cls(instance_dir / CACHE_FILE, ttl)
-
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=10)
-        try:
-            con.execute("PRAGMA foreign_keys = ON")
-            con.execute("PRAGMA journal_mode = WAL")
-            con.executescript(_SCHEMA)
-            with con:
-                yield con
-        finally:
-            con.close()
+    def __init__(self, sessions: Sessions, instance_id: str, ttl: float = DEFAULT_TTL) -> None:
+        self.sessions, self.instance_id, self.ttl = sessions, instance_id, ttl
 
     async def lookup(
         self, scope: str, prompt: str, threshold: CacheThreshold, now: float | None = None
     ) -> CachedAnswer | None:
         """The most similar live entry of `scope` at or above the level, newest on ties."""
-        return await asyncio.to_thread(self._lookup, scope, prompt, THRESHOLDS[threshold], now)
-
-    def _lookup(
-        self, scope: str, prompt: str, needed: float, now: float | None
-    ) -> CachedAnswer | None:
         wanted = shingles(prompt)
         keys = band_keys(scope, minhash(wanted))
         oldest = (time.time() if now is None else now) - self.ttl
-        with self._db() as con:
-            rows = con.execute(
-                "SELECT id, prompt, model, answer, chunks, digests, created FROM entries "
-                "WHERE scope = ? "
-                "AND created >= ? AND id IN (SELECT entry FROM buckets WHERE key IN "
-                f"({','.join('?' * len(keys))})) ORDER BY created DESC",
-                (scope, oldest, *keys),
-            ).fetchall()
+        candidates = select(CacheBucket.entry).where(CacheBucket.key.in_(keys))
+        query = (
+            select(CacheEntry)
+            .where(
+                CacheEntry.instance_id == self.instance_id,
+                CacheEntry.scope == scope,
+                CacheEntry.created >= oldest,
+                CacheEntry.id.in_(candidates),
+            )
+            .order_by(CacheEntry.created.desc())
+        )
+        async with self.sessions() as session:
+            rows = list(await session.scalars(query))
+        needed = THRESHOLDS[threshold]
         best: CachedAnswer | None = None
-        for entry_id, text, model, answer, chunks, digests, created in rows:
-            similarity = jaccard(wanted, shingles(text))
+        for row in rows:
+            similarity = jaccard(wanted, shingles(row.prompt))
             if similarity >= needed and (best is None or similarity > best.similarity):
                 best = CachedAnswer(
-                    entry_id,
-                    text,
-                    model,
-                    answer,
-                    [ScoredChunk(**c) for c in json.loads(chunks)],
-                    json.loads(digests),
-                    created,
+                    row.id,
+                    row.prompt,
+                    row.model,
+                    row.answer,
+                    [ScoredChunk(**c) for c in row.chunks],
+                    dict(row.digests),
+                    row.created,
                     similarity,
                 )
         return best
@@ -196,72 +161,53 @@ class AnswerCache:
         now: float | None = None,
     ) -> None:
         """Keep an answer and the chunks behind it; expired entries are dropped on the way."""
-        await asyncio.to_thread(self._store, scope, prompt, model, answer, list(chunks), now)
-
-    def _store(
-        self,
-        scope: str,
-        prompt: str,
-        model: str,
-        answer: str,
-        chunks: list[ScoredChunk],
-        now: float | None,
-    ) -> None:
         created = time.time() if now is None else now
         keys = band_keys(scope, minhash(shingles(prompt)))
-        digests = {c.id: text_digest(c.text) for c in chunks}
-        with self._db() as con:
-            con.execute("DELETE FROM entries WHERE created < ?", (created - self.ttl,))
-            cur = con.execute(
-                "INSERT INTO entries (scope, prompt, model, answer, chunks, digests, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    scope,
-                    prompt,
-                    model,
-                    answer,
-                    json.dumps([asdict(c) for c in chunks], default=str),
-                    json.dumps(digests),
-                    created,
-                ),
+        entry = CacheEntry(
+            instance_id=self.instance_id,
+            scope=scope,
+            prompt=prompt,
+            model=model,
+            answer=answer,
+            chunks=json.loads(json.dumps([asdict(c) for c in chunks], default=str)),
+            digests={c.id: text_digest(c.text) for c in chunks},
+            created=created,
+        )
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                delete(CacheEntry).where(
+                    CacheEntry.instance_id == self.instance_id,
+                    CacheEntry.created < created - self.ttl,
+                )
             )
-            entry = cur.lastrowid
-            con.executemany("INSERT INTO buckets VALUES (?, ?)", [(k, entry) for k in keys])
-            items = {c.item_id for c in chunks}
-            con.executemany("INSERT INTO entry_items VALUES (?, ?)", [(i, entry) for i in items])
+            session.add(entry)
+            await session.flush()
+            session.add_all(CacheBucket(key=k, entry=entry.id) for k in dict.fromkeys(keys))
+            items = dict.fromkeys(c.item_id for c in chunks)
+            session.add_all(CacheItem(item=i, entry=entry.id) for i in items)
 
     async def drop(self, entry_id: int) -> None:
-        await asyncio.to_thread(self._execute, "DELETE FROM entries WHERE id = ?", (entry_id,))
+        await self._delete(CacheEntry.id == entry_id)
 
     async def purge(self) -> int:
         """Drop every entry; how many there were."""
-        if not self.path.exists():
-            return 0
-        return await asyncio.to_thread(self._execute, "DELETE FROM entries", ())
+        return await self._delete(CacheEntry.instance_id == self.instance_id)
 
     async def invalidate_items(self, item_ids: Sequence[str]) -> int:
         """Drop every entry grounded on a chunk of these items; how many were dropped."""
-        if not item_ids or not self.path.exists():
-            return 0
         ids = list(dict.fromkeys(item_ids))
         dropped = 0
         for start in range(0, len(ids), 500):
-            batch = tuple(ids[start : start + 500])
-            sql = (
-                "DELETE FROM entries WHERE id IN "
-                f"(SELECT entry FROM entry_items WHERE item IN ({','.join('?' * len(batch))}))"
+            grounded = select(CacheItem.entry).where(CacheItem.item.in_(ids[start : start + 500]))
+            dropped += await self._delete(
+                CacheEntry.instance_id == self.instance_id, CacheEntry.id.in_(grounded)
             )
-            dropped += await asyncio.to_thread(self._execute, sql, batch)
         return dropped
 
-    def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
-        with self._db() as con:
-            return con.execute(sql, params).rowcount
-
-
-async def invalidate_items(instance_dir: Path, item_ids: Sequence[str]) -> int:
-    """For the sync: drop the cached answers grounded on these (changed or deleted) items."""
-    return await AnswerCache.for_instance(instance_dir).invalidate_items(item_ids)
+    async def _delete(self, *where: ColumnElement[bool]) -> int:
+        async with self.sessions() as session, session.begin():
+            done = await session.execute(delete(CacheEntry).where(*where))
+        return int(getattr(done, "rowcount", 0) or 0)
 
 
 async def chunks_unchanged(index: VectorIndex, cached: CachedAnswer) -> bool:

@@ -6,18 +6,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from rag_service.ingest.index import CHUNK_FIELDS
 from rag_service.providers.protocols import Embedder, Filter, Match, MetadataValue, VectorIndex
 from rag_service.retrieve.boost import Boost, boost_amounts
 
 RRF_K = 60
 RetrievalType = Literal["vector", "keyword", "hybrid"]
+# "and": a keyword hit holds every content word of the query (AI Search's default); "or": any.
+KeywordMatchMode = Literal["and", "or"]
 
 
 @dataclass(frozen=True)
 class RetrievalOptions:
     retrieval_type: RetrievalType = "hybrid"
     fusion_method: Literal["rrf", "max"] = "rrf"
-    keyword_match_mode: Literal["and", "or"] = "or"
+    keyword_match_mode: KeywordMatchMode = "and"
     match_threshold: float = 0.4
     max_num_results: int = 10
     filters: Filter | None = None
@@ -57,8 +60,8 @@ class ScoredChunk:
 
     @property
     def attributes(self) -> dict[str, MetadataValue]:
-        """Metadata without the chunk text and internal ids."""
-        return {k: v for k, v in self.metadata.items() if k not in {"text", "item_id"}}
+        """The item's metadata: without the chunk's text, ids and byte range."""
+        return {k: v for k, v in self.metadata.items() if k not in CHUNK_FIELDS}
 
 
 def _from_match(m: Match) -> ScoredChunk:

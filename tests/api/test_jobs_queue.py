@@ -33,6 +33,7 @@ async def api(
     redis: Redis,  # noqa: F811
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     settings.redis_url = REDIS_URL
+    settings.sync_cooldown_s = 0  # the test asks for a second sync right after the first
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.md").write_text("Alpha centauri is the nearest star system.")

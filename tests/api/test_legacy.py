@@ -34,6 +34,7 @@ async def served(
     garden.md. `factories`: more Runtime provider factories (generator_factory, ...); answers
     come from the generator factory's model (`answer_model`; None: the default, extractive)."""
     settings.generation_model = answer_model
+    settings.sync_cooldown_s = 0  # the sync below has just run: the tests' own may follow it
     (src / "kitchen/recipes").mkdir(parents=True)
     (src / "kitchen/recipes/bread.md").write_text(
         "Knead the bread dough and bake the loaf in a hot oven."

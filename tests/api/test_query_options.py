@@ -194,7 +194,7 @@ async def test_instance_settings_turn_the_stages_on_and_requests_turn_them_off(r
 
 async def test_split_exclusions_searches_without_the_excluded_part(rig: Rig) -> None:
     question = "Water the garden, but don't mention the bread dough in the oven."
-    keyword = {"retrieval_type": "keyword"}
+    keyword = {"retrieval_type": "keyword", "keyword_match_mode": "or"}
     asked = await rig.search({"query": question, "ai_search_options": {"retrieval": keyword}})
     assert asked["result"]["search_query"] == question
     assert keys(asked["result"]["chunks"])[0] == BREAD  # "bread dough oven" outweighs "garden"
@@ -218,7 +218,11 @@ async def test_boost_by_timestamp_moves_recent_or_old_chunks_up(rig: Rig) -> Non
 
     async def ranked(boost_by: list[dict[str, str]] | None) -> list[tuple[str, float]]:
         # Each document is first in one list and second in the other: a tie before boosting.
-        retrieval: dict[str, Any] = {"retrieval_type": "hybrid", "match_threshold": 0.0}
+        retrieval: dict[str, Any] = {
+            "retrieval_type": "hybrid",
+            "keyword_match_mode": "or",  # each word matches one document
+            "match_threshold": 0.0,
+        }
         if boost_by is not None:
             retrieval["boost_by"] = boost_by
         body = {"query": "dough plants", "ai_search_options": {"retrieval": retrieval}}
@@ -233,7 +237,8 @@ async def test_boost_by_timestamp_moves_recent_or_old_chunks_up(rig: Rig) -> Non
     assert [k for k, _ in oldest] == [BREAD, GARDEN]
 
     # The instance's retrieval_options.boost_by applies when a request names none.
-    options = {"retrieval_options": {"boost_by": [{"field": "timestamp", "direction": "desc"}]}}
+    boost = [{"field": "timestamp", "direction": "desc"}]
+    options = {"retrieval_options": {"boost_by": boost, "keyword_match_mode": "or"}}
     resp = await rig.http.put(INSTANCE, json=options, headers=AUTH)
     assert resp.status_code == 200, resp.text
     assert resp.json()["result"]["retrieval_options"]["boost_by"] == [

@@ -150,8 +150,10 @@ async def test_exclusion_modes_search_without_the_excluded_part(tmp_path: Path) 
         Settings(data_dir=tmp_path / "unused"),
         root,
         modes=[m for m in MODES if m.name in names],
+        keyword_match_mode="or",  # "mention" is in no document: "and" would find nothing
         make_providers=fakes(embedder, no_reranker),
     )
+    assert result.settings["keyword_match_mode"] == "or"
     mrr = {mode: scores["mrr@10"] for mode, scores in result.metrics.items()}
     assert mrr == {
         "vector": 0.5,
@@ -181,6 +183,19 @@ def test_cli_prints_the_table_and_writes_json(
     data = json.loads(out.read_text())
     assert data["vector"]["ndcg@10"] == 1.0 and data["keyword"]["mrr@10"] == 1.0
     assert data["meta"]["documents"] == 5 and "vector+rerank" in data["meta"]["not_measured"]
+    assert "keyword match mode and" in text  # the instance default, said in the title and json
+    assert data["meta"]["settings"]["keyword_match_mode"] == "and"
+
+
+def test_cli_runs_in_the_keyword_match_mode_asked(
+    tmp_path: Path, beir_dir: Path, hashing: HashingEmbedder
+) -> None:
+    out = tmp_path / "eval.json"
+    args = ["eval", "--beir", str(beir_dir), "--json", str(out), "--keyword-match-mode", "or"]
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.output
+    assert "keyword match mode or" in " ".join(run.output.split())
+    assert json.loads(out.read_text())["meta"]["settings"]["keyword_match_mode"] == "or"
 
 
 def test_cli_refuses_a_folder_without_qrels(tmp_path: Path, hashing: HashingEmbedder) -> None:

@@ -63,8 +63,13 @@ class Serve:
 
     def __init__(self, data: Path, port: int, log: Path) -> None:
         self.port, self.log = port, log
-        env = {**os.environ, "RAGD_API_TOKENS": TOKEN, "RAGD_REDIS_URL": REDIS_URL,
-               "HF_HUB_OFFLINE": "1"}  # fmt: skip
+        env = {
+            **os.environ,
+            "RAGD_API_TOKENS": TOKEN,
+            "RAGD_REDIS_URL": REDIS_URL,
+            "HF_HUB_OFFLINE": "1",
+            "RAGD_SYNC_COOLDOWN_S": "0",
+        }  # fmt: skip  (two syncs within 30 s below)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rag_service.cli", "serve", "--port", str(port),

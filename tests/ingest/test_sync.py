@@ -287,7 +287,7 @@ async def test_a_sync_drops_cached_answers_grounded_on_changed_items(
     from rag_service.retrieve.cache import AnswerCache
 
     await runtime.sync("docs")
-    cache = AnswerCache.for_instance(runtime.settings.instance_dir("docs"))
+    cache = AnswerCache(runtime.sessions, "docs")
     opts = QueryOptions(retrieval_type="keyword", match_threshold=0.0)
     for question in ("largest planet", "why do cats purr"):
         await cache.store(

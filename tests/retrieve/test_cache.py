@@ -3,11 +3,13 @@ invalidation by item and the check of the chunks behind an answer."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rag_service.config import Settings
 from rag_service.providers.local_index import LocalIndex
 from rag_service.providers.protocols import IndexSpec, VectorRecord
 from rag_service.retrieve.cache import (
@@ -18,15 +20,25 @@ from rag_service.retrieve.cache import (
     CacheThreshold,
     band_keys,
     chunks_unchanged,
-    invalidate_items,
     jaccard,
     minhash,
     shingles,
 )
 from rag_service.retrieve.search import ScoredChunk
+from rag_service.runtime import Runtime
+
+CacheFor = Callable[..., AnswerCache]
 
 WEATHER = "What's the weather like today?"
 T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+async def cache_for(settings: Settings) -> AsyncIterator[CacheFor]:
+    """Caches of instance `docs` in a real database (SQLite and PostgreSQL)."""
+    async with Runtime(settings) as rt:
+        await rt.instances.ensure("docs", str(settings.data_dir))
+        yield lambda ttl=DEFAULT_TTL: AnswerCache(rt.sessions, "docs", ttl)
 
 
 def chunk(id_: str, text: str) -> ScoredChunk:
@@ -84,8 +96,8 @@ def test_minhash_estimates_jaccard_and_lsh_buckets_similar_prompts_together() ->
         ("Give me the forecast", 0),
     ],
 )
-async def test_the_four_levels(tmp_path: Path, prompt: str, levels: int) -> None:
-    cache = AnswerCache(tmp_path / "c.sqlite")
+async def test_the_four_levels(cache_for: CacheFor, prompt: str, levels: int) -> None:
+    cache = cache_for()
     await cache.store("s", WEATHER, "m", "Sunny.", [chunk("w:0", "sunny")], now=T0)
     order: list[CacheThreshold] = [
         "super_strict_match",
@@ -98,8 +110,8 @@ async def test_the_four_levels(tmp_path: Path, prompt: str, levels: int) -> None
     assert list(THRESHOLDS) == order
 
 
-async def test_a_hit_returns_the_answer_and_its_chunks(tmp_path: Path) -> None:
-    cache = AnswerCache(tmp_path / "c.sqlite")
+async def test_a_hit_returns_the_answer_and_its_chunks(cache_for: CacheFor) -> None:
+    cache = cache_for()
     sources = [chunk("bread:0", "Knead the dough."), chunk("bread:1", "Bake it hot.")]
     await cache.store("s", "How do I bake bread?", "m", "Knead, then bake.", sources, now=T0)
     await cache.store("s", "How do I bake bread at home?", "m", "Other.", sources[:1], now=T0 + 5)
@@ -110,9 +122,9 @@ async def test_a_hit_returns_the_answer_and_its_chunks(tmp_path: Path) -> None:
     assert await cache.lookup("other", "How do I bake bread?", "anything_goes") is None
 
 
-async def test_entries_expire_after_the_ttl(tmp_path: Path) -> None:
+async def test_entries_expire_after_the_ttl(cache_for: CacheFor) -> None:
     assert DEFAULT_TTL == 48 * 3600
-    cache = AnswerCache(tmp_path / "c.sqlite", ttl=100)
+    cache = cache_for(100)
     await cache.store("s", "opening hours", "m", "9 to 5", [chunk("h:0", "9-5")], now=T0)
     assert await cache.lookup("s", "opening hours", "close_enough", now=T0 + 99)
     assert await cache.lookup("s", "opening hours", "close_enough", now=T0 + 101) is None
@@ -120,24 +132,25 @@ async def test_entries_expire_after_the_ttl(tmp_path: Path) -> None:
     assert await cache.lookup("s", "opening hours", "close_enough", now=T0) is None
 
 
-async def test_invalidating_an_item_drops_the_answers_grounded_on_it(tmp_path: Path) -> None:
-    instance_dir = tmp_path / "inst"
-    assert await invalidate_items(instance_dir, ["bread"]) == 0  # no cache file yet
-    cache = AnswerCache.for_instance(instance_dir)
+async def test_invalidating_an_item_drops_the_answers_grounded_on_it(cache_for: CacheFor) -> None:
+    cache = cache_for()
+    assert await cache.invalidate_items(["bread"]) == 0  # nothing cached yet
     await cache.store("s", "bake bread", "m", "a", [chunk("bread:0", "x"), chunk("oven:0", "y")])
     await cache.store("s", "water tomatoes", "m", "b", [chunk("garden:0", "z")])
-    assert await invalidate_items(instance_dir, ["oven", "nothing"]) == 1
+    assert await cache.invalidate_items(["oven", "nothing"]) == 1
     assert await cache.lookup("s", "bake bread", "close_enough") is None
     assert await cache.lookup("s", "water tomatoes", "close_enough") is not None
     many = [f"item-{i}" for i in range(1200)] + ["garden"]
-    assert await invalidate_items(instance_dir, many) == 1
+    assert await cache.invalidate_items(many) == 1
+    await cache.store("s", "bake bread", "m", "a", [chunk("bread:0", "x")])
+    assert await cache.purge() == 1 and await cache.purge() == 0
 
 
-async def test_chunks_unchanged_reads_the_index(tmp_path: Path) -> None:
+async def test_chunks_unchanged_reads_the_index(tmp_path: Path, cache_for: CacheFor) -> None:
     index = LocalIndex.open(tmp_path / "idx", IndexSpec("m", "mean", 2))
     vector = np.array([1.0, 0.0], dtype=np.float32)
     await index.upsert([VectorRecord("bread:0", vector, {"text": "Knead the dough."})])
-    cache = AnswerCache(tmp_path / "c.sqlite")
+    cache = cache_for()
     await cache.store("s", "bake", "m", "a", [chunk("bread:0", "Knead the dough.")])
     hit = await cache.lookup("s", "bake", "super_strict_match")
     assert hit is not None and await chunks_unchanged(index, hit)

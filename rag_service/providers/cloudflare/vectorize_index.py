@@ -1,5 +1,6 @@
 """`VectorizeIndex`: a `VectorIndex` whose vectors live in Vectorize and whose keyword (BM25)
-side is a `LocalIndex` kept beside it in the instance's data dir, written on every upsert and
+side is a `LocalIndex` kept beside it in the instance's data dir (or, with
+RAGD_KEYWORD_INDEX=postgres, a `PgKeywordIndex` in PostgreSQL), written on every upsert and
 delete, so hybrid and keyword retrieval work on Cloudflare instances too.
 
 Writes go out one request at a time, in order (Vectorize applies mutations in order; an upsert
@@ -17,7 +18,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -88,10 +89,28 @@ def fit_metadata(rid: str, metadata: Mapping[str, MetadataValue]) -> dict[str, M
     return meta
 
 
-class VectorizeIndex:
-    """Vectors on Vectorize, BM25 in a local `LocalIndex`; implements `VectorIndex`."""
+class KeywordStore(Protocol):
+    """The keyword side: a `LocalIndex` in the data dir or a `PgKeywordIndex` in PostgreSQL."""
 
-    def __init__(self, client: VectorizeClient, spec: IndexSpec, keyword: LocalIndex) -> None:
+    async def upsert(self, records: Sequence[VectorRecord]) -> None: ...
+
+    async def delete(self, ids: Sequence[str]) -> None: ...
+
+    async def keyword_query(
+        self,
+        text: str,
+        top_k: int,
+        filter: Filter | None = None,
+        match_mode: Literal["and", "or"] = "or",
+    ) -> list[Match]: ...
+
+    async def close(self) -> None: ...
+
+
+class VectorizeIndex:
+    """Vectors on Vectorize, BM25 in a `KeywordStore`; implements `VectorIndex`."""
+
+    def __init__(self, client: VectorizeClient, spec: IndexSpec, keyword: KeywordStore) -> None:
         self.client, self.spec, self.keyword = client, spec, keyword
         self._waiting: list[tuple[str, list[Any], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -106,8 +125,10 @@ class VectorizeIndex:
         *,
         metadata_indexes: Mapping[str, MetadataType] | None = None,
         keyword_tokenizer: KeywordTokenizer = "porter",
+        keyword: KeywordStore | None = None,
     ) -> VectorizeIndex:
-        """Open or create index `name`; IndexMismatch if it holds other vectors than `spec`."""
+        """Open or create index `name`; IndexMismatch if it holds other vectors than `spec`.
+        The keyword side is `keyword` when given, else a LocalIndex in `keyword_dir`."""
         client = VectorizeClient(api, name)
         try:
             found = await client.get()
@@ -119,7 +140,8 @@ class VectorizeIndex:
         for prop, kind in wanted.items():
             if prop not in have:
                 await client.create_metadata_index(prop, kind)
-        keyword = await LocalIndex.aopen(keyword_dir, spec, keyword_tokenizer)
+        if keyword is None:
+            keyword = await LocalIndex.aopen(keyword_dir, spec, keyword_tokenizer)
         return cls(client, spec, keyword)
 
     async def upsert(self, records: Sequence[VectorRecord]) -> None:
