@@ -22,7 +22,9 @@ term's frequency counts at most 256 occurrences; chunks are far shorter.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import hashlib
 import json
 import math
 import re
@@ -58,7 +60,7 @@ SCHEMA = "ragd_keyword"
 K1, B = 1.2, 0.75  # SQLite FTS5's bm25() defaults
 _FTS5 = {"porter": "porter unicode61", "trigram": "trigram"}
 _MAX_TERMS = 64  # query words used, as in LocalIndex
-_MAX_LEXEME_BYTES = 2046  # tsvector: 2047 at most
+_MAX_LEXEME_BYTES = 2040  # tsvector: 2047 at most, with the instance's prefix
 _MAX_TSVECTOR_BYTES = 1_000_000  # tsvector: lexemes' bytes under 1 MiB
 _MAX_POS, _MAX_POSITIONS = 16383, 256  # tsvector: highest position; positions kept per lexeme
 _WORD = re.compile(r"\w+")
@@ -183,8 +185,16 @@ def _quote(lexeme: str) -> str:
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _tsvector(terms: Mapping[str, list[int]]) -> tuple[int, str]:
-    """(length in tokens, tsvector literal) of one text's terms."""
+def instance_prefix(instance_id: str) -> str:
+    """What every lexeme of an instance starts with: 24 bits of a hash of its id. The GIN index
+    then keeps each instance's postings apart (a small instance's query never reads a big
+    one's); a collision costs only rows that `instance_id` then leaves out."""
+    digest = hashlib.sha256(instance_id.encode()).digest()
+    return base64.urlsafe_b64encode(digest[:3]).decode() + "|"
+
+
+def _tsvector(terms: Mapping[str, list[int]], prefix: str) -> tuple[int, str]:
+    """(length in tokens, tsvector literal) of one text's terms, each after `prefix`."""
     length = sum(len(p) for p in terms.values())
     parts, budget = [], _MAX_TSVECTOR_BYTES
     for lexeme, positions in terms.items():
@@ -192,10 +202,10 @@ def _tsvector(terms: Mapping[str, list[int]]) -> tuple[int, str]:
         if budget < 0:
             break
         if len(positions) == 1:  # most terms
-            parts.append(f"{_quote(lexeme)}:{min(positions[0], _MAX_POS)}")
+            parts.append(f"{_quote(prefix + lexeme)}:{min(positions[0], _MAX_POS)}")
         else:
             kept = sorted({min(p, _MAX_POS) for p in positions})[:_MAX_POSITIONS]
-            parts.append(f"{_quote(lexeme)}:{','.join(map(str, kept))}")
+            parts.append(f"{_quote(prefix + lexeme)}:{','.join(map(str, kept))}")
     return length, " ".join(parts)
 
 
@@ -380,6 +390,7 @@ class PgKeywordIndex:
             raise InvalidRequest(f"keyword_tokenizer must be one of {sorted(_FTS5)}")
         self.engine, self.instance_id, self.tokenizer = engine, instance_id, tokenizer
         self._url = url
+        self._prefix = instance_prefix(instance_id)
         self._loop = asyncio.get_running_loop()
         self._closed = False
 
@@ -455,7 +466,7 @@ class PgKeywordIndex:
         )
 
     def _terms(self, texts: Sequence[str]) -> list[tuple[int, str]]:
-        return [_tsvector(terms) for terms in _tokenize(self.tokenizer, texts)]
+        return [_tsvector(terms, self._prefix) for terms in _tokenize(self.tokenizer, texts)]
 
     def _error(self, what: str, exc: DBAPIError) -> BackendError:
         return BackendError(
@@ -564,9 +575,10 @@ class PgKeywordIndex:
             raise InvalidRequest("metadata 'text' is not filterable; use a keyword query instead")
         if match_mode not in ("and", "or"):
             raise InvalidRequest(f"match_mode must be 'and' or 'or', got {match_mode!r}")
-        phrases = query_phrases(self.tokenizer, text, match_mode)
-        if phrases is None:
+        found = query_phrases(self.tokenizer, text, match_mode)
+        if found is None:
             return []
+        phrases = [(tuple(self._prefix + t for t in p), w) for p, w in found]
         params: dict[str, Any] = {}
         where = filter_sql(f, params) if f else "true"
         tok = [(n, lex) for n, (p, _) in enumerate(phrases, 1) for lex in dict.fromkeys(p)]
