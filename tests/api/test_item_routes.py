@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +14,6 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from cloudflare import BadRequestError, Cloudflare
-from cloudflare import BaseModel as SDKModel
 from cloudflare.types.aisearch.namespaces.instances import ItemListResponse, ItemUploadResponse
 from cloudflare.types.aisearch.namespaces.instances.item_logs_response import ItemLogsResponseItem
 from cloudflare.types.aisearch.namespaces.instances.item_upload_params import File
@@ -25,6 +23,7 @@ from rag_service.instances import InstanceConfig
 from rag_service.models import Instance
 from rag_service.uploads import source_id, uploads_dir
 from tests.api.test_legacy import AUTH, assert_error, served
+from tests.api.test_sdk import raw_result, strict
 from tests.ingest.test_extract_limits import pdf_normal
 
 API = "/accounts/acc/ai-search"
@@ -39,7 +38,6 @@ FIELDS = [
 ]
 ACCOUNT = "0123456789abcdef"
 T = TypeVar("T")
-M = TypeVar("M", bound=SDKModel)
 
 
 @pytest.fixture
@@ -278,19 +276,6 @@ def test_source_ids_say_what_the_source_is(tmp_path: Path) -> None:
 
 
 # --- Cloudflare's SDK -----------------------------------------------------------------------
-
-
-def strict(model: type[M], data: Any) -> M:
-    """Validate like pydantic does, not like the SDK's lenient `construct`."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.model_validate(data)
-
-
-def raw_result(response: Any) -> Any:
-    body = json.loads(response.http_response.text)
-    assert body["success"] is True and body["errors"] == [], body
-    return body["result"]
 
 
 async def in_thread(call: Callable[[], T]) -> T:

@@ -30,9 +30,9 @@ from rag_service.providers.pg_keyword import (
 )
 from rag_service.providers.protocols import IndexSpec, VectorIndex, VectorRecord
 from rag_service.registry import Providers
-from tests.cloudflare.conftest import make_api
+from tests.cloudflare.conftest import fake, make_api  # noqa: F401  (fake: the fixture)
 from tests.cloudflare.fake_api import FakeCloudflare
-from tests.serving import serve
+from tests.providers.test_local_index import FOLDERS, POOLS, random_filter
 
 DIM = 8
 SPEC = IndexSpec("test-model", "mean", DIM)
@@ -43,15 +43,6 @@ WORDS = """
     the a of and in to is on for with
 """
 VOCAB = WORDS.split()
-FOLDERS = ["a/", "a/b/", "b/", "customer-a/x/", "customer-a/y/z/", "customer-b/"]
-POOLS: dict[str, list[Any]] = {
-    "folder": [*FOLDERS, "customer-a//", "customer-a/z", "a", 3],
-    "timestamp": [1_700_000_000 + d for d in (0, 500, 1000, 1500, 2000)] + ["x", True],
-    "lang": ["en", "de", "fr", "", 1, None],
-    "n": [0, 1, 2.5, -3, 7, "1", False],
-    "flag": [True, False, 1, 0, "true"],
-    "mixed": ["1", 1, 1.0, True, None, "a", 0],
-}
 QUERIES = [
     "river bank",
     "running fish",
@@ -89,24 +80,6 @@ def corpus(seed: int, n: int) -> list[VectorRecord]:
                 meta[field] = pool[int(rng.integers(len(pool)))]
         out.append(VectorRecord(f"doc{i:04d}:{i % 3}", vec(i), meta))
     return out
-
-
-def random_filter(rng: np.random.Generator) -> dict[str, Any]:
-    f: dict[str, Any] = {}
-    for field in rng.choice(list(POOLS), size=int(rng.integers(1, 3)), replace=False):
-        pool = POOLS[str(field)]
-        ops: dict[str, Any] = {}
-        for _ in range(int(rng.integers(1, 3))):
-            op = str(rng.choice(["$eq", "$ne", "$in", "$nin", "$lt", "$lte", "$gt", "$gte"]))
-            vals = [pool[int(i)] for i in rng.integers(len(pool), size=3)]
-            if op in ("$in", "$nin"):
-                ops[op] = [v for v in vals if v is not None] or ["en"]
-            elif op in ("$eq", "$ne"):
-                ops[op] = vals[0]
-            else:
-                ops[op] = next((v for v in vals if v is not None), 5)
-        f[str(field)] = ops
-    return f
 
 
 async def add_instances(url: str, *ids: str) -> None:
@@ -470,16 +443,10 @@ async def test_registry_splits_local_index(kw_url: str, tmp_path: Path) -> None:
     await index.close()
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeCloudflare]:
-    app = FakeCloudflare()
-    async with serve(app) as url:
-        app.base_url = url
-        yield app
-
-
 async def test_vectorize_index_with_postgres_keyword_store(
-    fake: FakeCloudflare, kw_url: str, tmp_path: Path
+    fake: FakeCloudflare,  # noqa: F811
+    kw_url: str,
+    tmp_path: Path,
 ) -> None:
     api = make_api(fake)
     spec = IndexSpec("@cf/baai/bge-small-en-v1.5", "cls", DIM)
