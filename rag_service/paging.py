@@ -1,13 +1,20 @@
-"""One page of a query's rows, and how many rows there are in all."""
+"""One page of rows: of a query (and how many rows there are in all), or of rows read."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 T = TypeVar("T")
+
+
+def page_of(rows: Sequence[T], page: int, per_page: int) -> list[T]:
+    """The rows of page `page` (from 1) of rows already read."""
+    start = (page - 1) * per_page
+    return list(rows[start : start + per_page])
 
 
 async def count_and_page(

@@ -26,7 +26,7 @@ from rag_service.models import (
     utcnow,
 )
 from rag_service.namespaces import DEFAULT_NAMESPACE, split_key
-from rag_service.paging import count_and_page
+from rag_service.paging import count_and_page, page_of
 from rag_service.providers.filters import NormFilter, matches
 from rag_service.providers.protocols import ObjectInfo
 
@@ -453,8 +453,7 @@ async def list_items(
             for i in (await session.scalars(query)).all()
             if matches(item_attributes(i), metadata_filter)
         ]
-    start = (page - 1) * per_page
-    return len(rows), rows[start : start + per_page]
+    return len(rows), page_of(rows, page, per_page)
 
 
 async def get_item(sessions: Sessions, instance_id: str, item_id: str) -> Item:

@@ -22,6 +22,13 @@ def envelope(result: Any, result_info: dict[str, Any] | None = None) -> dict[str
     return body
 
 
+def unused_notes(unused: list[str]) -> list[dict[str, Any]]:
+    """`messages` naming the request fields accepted but not used here."""
+    if not unused:
+        return []
+    return [{"code": 7200, "message": f"accepted but not used here: {', '.join(unused)}"}]
+
+
 def error_body(code: int, message: str) -> dict[str, Any]:
     return {
         "success": False,

@@ -11,7 +11,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from pydantic import Field
 
 from rag_service import instance_changes, instances, records
-from rag_service.api.errors import envelope
+from rag_service.api.errors import envelope, unused_notes
 from rag_service.api.namespaces import namespace_of
 from rag_service.api.paging import Page, PerPage, Search, check_page, check_search, paged
 from rag_service.api.requests import json_body, read_object
@@ -21,6 +21,7 @@ from rag_service.instances import INSTANCE_ID, SYNC_INTERVALS, InstanceConfig, c
 from rag_service.job_runner import JobRunner
 from rag_service.models import Instance
 from rag_service.namespaces import instance_key, split_key
+from rag_service.paging import page_of
 from rag_service.retrieve.cache import AnswerCache
 from rag_service.runtime import Runtime
 from rag_service.stats import instance_stats
@@ -86,12 +87,6 @@ def config_changes(body: dict[str, Any]) -> tuple[str | None, dict[str, Any], li
     return source or None, changes, unused
 
 
-def _notes(unused: list[str]) -> list[dict[str, Any]]:
-    if not unused:
-        return []
-    return [{"code": 7200, "message": f"accepted but not used here: {', '.join(unused)}"}]
-
-
 async def view(runtime: Runtime, row: Instance) -> dict[str, Any]:
     cfg = instances.instance_config(row)
     return instance_view(
@@ -124,8 +119,7 @@ class InstancesController(Controller):
         rows = await records.find_instances(
             runtime.sessions, namespace, search, newest_first=order_by_direction == "desc"
         )
-        start = (page - 1) * per_page
-        shown = [await view(runtime, r) for r in rows[start : start + per_page]]
+        shown = [await view(runtime, r) for r in page_of(rows, page, per_page)]
         return paged(shown, page, per_page, len(rows))
 
     @post("/", status_code=200, operation_class=json_body(InstanceCreate, **INSTANCE_BODY))
@@ -140,7 +134,7 @@ class InstancesController(Controller):
         key = instance_key(namespace_of(request), check_instance_id(name))
         row = await instance_changes.create_instance(runtime, key, source, changes)
         result = envelope(await view(runtime, row))
-        result["messages"] = _notes(unused)
+        result["messages"] = unused_notes(unused)
         return result
 
     @get("/{instance_id:str}")
@@ -163,7 +157,7 @@ class InstancesController(Controller):
         source, changes, unused = config_changes(body)
         row = await instance_changes.update_instance(runtime, instance_id, source, changes)
         result = envelope(await view(runtime, row))
-        result["messages"] = _notes(unused)
+        result["messages"] = unused_notes(unused)
         return result
 
     @delete("/{instance_id:str}", status_code=200)

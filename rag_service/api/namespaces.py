@@ -14,7 +14,7 @@ from litestar.params import FromPath
 from pydantic import Field, field_validator
 
 from rag_service import records
-from rag_service.api.errors import envelope
+from rag_service.api.errors import envelope, unused_notes
 from rag_service.api.options import ChatRequest, Lenient, SearchRequest, note_messages
 from rag_service.api.paging import Page, PerPage, Search, paged
 from rag_service.api.requests import json_body, read_json
@@ -31,9 +31,9 @@ from rag_service.namespaces import (
     check_namespace_name,
     instance_key,
 )
+from rag_service.paging import page_of
 from rag_service.runtime import Runtime
 
-UNUSED_CODE = 7200  # a field accepted but not used here
 NO_INSTANCE_IDS = (
     "ai_search_options.instance_ids is required: the names of 1 to 10 instances of this "
     "namespace to search"
@@ -96,10 +96,9 @@ class NamespaceCreate(NamespaceUpdate):
             raise ValueError(exc.message) from exc
 
 
-def unused_notes(body: Lenient) -> list[dict[str, Any]]:
-    if getattr(body, "public_endpoint_params", None) is None:
-        return []
-    return [{"code": UNUSED_CODE, "message": "public endpoints are not served here"}]
+def unused_fields(body: NamespaceUpdate) -> list[str]:
+    """Public endpoints are not served here."""
+    return [] if body.public_endpoint_params is None else ["public_endpoint_params"]
 
 
 def instance_keys(namespace: str, body: SearchRequest | ChatRequest) -> list[str]:
@@ -126,8 +125,7 @@ class NamespacesController(Controller):
         search: Search = None,
     ) -> dict[str, Any]:
         rows = await records.find_namespaces(runtime.sessions, search)
-        start = (page - 1) * per_page
-        shown = [namespace_view(r) for r in rows[start : start + per_page]]
+        shown = [namespace_view(r) for r in page_of(rows, page, per_page)]
         return paged(shown, page, per_page, len(rows))
 
     @post("/", status_code=200, operation_class=json_body(NamespaceCreate))
@@ -140,7 +138,7 @@ class NamespacesController(Controller):
                 session, body.name, body.description, MAX_NAMESPACES
             )
         result = envelope(namespace_view(row))
-        result["messages"] = unused_notes(body)
+        result["messages"] = unused_notes(unused_fields(body))
         return result
 
     @get("/{namespace:str}")
@@ -164,7 +162,7 @@ class NamespacesController(Controller):
             row = await records.get_namespace(session, namespace)
             row.description = body.description
         result = envelope(namespace_view(row))
-        result["messages"] = unused_notes(body)
+        result["messages"] = unused_notes(unused_fields(body))
         return result
 
     @delete("/{namespace:str}", status_code=200)

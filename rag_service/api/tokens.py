@@ -13,6 +13,7 @@ from rag_service.api.errors import envelope
 from rag_service.api.options import Lenient
 from rag_service.api.paging import Page, PerPage, check_page, paged
 from rag_service.api.requests import json_body, read_json
+from rag_service.paging import page_of
 from rag_service.tokens import StoredToken, TokenStore, scope_of
 
 SCOPE_GROUPS = {"read": "AI Search Read", "edit": "AI Search Edit", "admin": "API Tokens Write"}
@@ -66,8 +67,7 @@ class TokensController(Controller):
     ) -> dict[str, Any]:
         check_page(page, per_page)
         tokens = await store(request).list()
-        start = (page - 1) * per_page
-        shown = [token_view(t) for t in tokens[start : start + per_page]]
+        shown = [token_view(t) for t in page_of(tokens, page, per_page)]
         return paged(shown, page, per_page, len(tokens))
 
     @get("/verify")
