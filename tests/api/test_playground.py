@@ -47,7 +47,7 @@ async def test_playground_streams_an_answer_with_sources(
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(f"{client.base_url}/#token=test-token")
             # Polled from here: the page's CSP forbids the eval that wait_for_function uses.
-            await until(lambda: page.input_value("#instance"), "default")
+            await until(lambda: page.input_value("#instance"), "default/instances/default")
             assert "token" not in page.url  # the token leaves the address bar at once
             await page.fill("#question", "How do I bake bread?")
             await page.click("#send")
