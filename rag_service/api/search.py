@@ -162,8 +162,11 @@ async def chat_reply(
 
 async def streamed(completion_id: str, reply: Answer, across: bool) -> AsyncIterator[bytes]:
     """AI Search's order: the retrieved chunks first (`event: chunks`), then OpenAI's chunk
-    events as the model writes, then `[DONE]`."""
+    events as the model writes, then `[DONE]`. Across instances, the instances that failed
+    follow the chunks as `event: errors` (the non-streamed body's `errors`)."""
     yield sse(aisearch_chunks(reply.used, reply.origin if across else None), event="chunks")
+    if across and reply.failed:
+        yield sse(instance_errors(reply.failed), event="errors")
     try:
         async with contextlib.aclosing(reply.pieces) as pieces:
             async for piece in pieces:

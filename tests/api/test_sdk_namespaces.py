@@ -224,6 +224,17 @@ def test_chat_across_instances(client: Cloudflare, shop: str) -> None:
         lines = [line for line in response.iter_lines() if line]
     assert lines[0] == "event: chunks" and lines[-1] == "data: [DONE]"
     assert json.loads(lines[1][6:])[0]["instance_id"] == "faq"
+    assert lines[2].startswith("data: {")  # no instance failed: no errors event
+
+    with_missing = {"instance_ids": ["faq", "missing"]}
+    with client.aisearch.namespaces.with_streaming_response.chat_completions(
+        shop, account_id=ACCOUNT, messages=asked, aisearch_options=with_missing, stream=True
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[0] == "event: chunks" and lines[2] == "event: errors"
+    failed = json.loads(lines[3][6:])
+    assert [e["instance_id"] for e in failed] == ["missing"] and "not found" in failed[0]["message"]
+    assert lines[-1] == "data: [DONE]" and any('"chat.completion.chunk"' in x for x in lines)
 
 
 def test_across_bad_input(client: Cloudflare, service: tuple[str, str], shop: str) -> None:  # noqa: F811
