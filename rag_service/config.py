@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # "postgres", tables in RAGD_DATABASE_URL (then PostgreSQL) that every host shares.
     keyword_index: Literal["local", "postgres"] = "local"
     source: str | None = None  # default instance: folder path or s3://bucket/prefix
+    # Uploads of instances created without a source: s3://bucket/prefix on the S3 settings
+    # below (each instance under <prefix>/<instance>/), which every host reaches; unset, a
+    # folder in the data dir (one host). The same on every host, and kept once set.
+    uploads_bucket: str | None = None
 
     s3_endpoint_url: str | None = None
     s3_access_key_id: str | None = None
@@ -92,6 +96,13 @@ class Settings(BaseSettings):
             ]
             raise ValueError(f"unknown setting: {', '.join(hints)}; unset it or fix its name")
         return self
+
+    @field_validator("uploads_bucket")
+    @classmethod
+    def _uploads_bucket_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith("s3://"):
+            raise ValueError("RAGD_UPLOADS_BUCKET must be an s3://bucket/prefix URL")
+        return value or None
 
     @model_validator(mode="after")
     def _keyword_index_in_postgres(self) -> Settings:

@@ -7,14 +7,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rag_service import instances, records
+from rag_service import instances, records, uploads
 from rag_service.config import Settings
 from rag_service.errors import InvalidRequest
 from rag_service.instance_registry import normalise_source
 from rag_service.models import Instance
 from rag_service.namespaces import split_key
 from rag_service.runtime import Runtime
-from rag_service.uploads import uploads_dir
+from rag_service.uploads import managed_source, uploads_dir
 
 # Settings that change what an item's chunks are: its items must be indexed again.
 REINDEX_FIELDS = frozenset({"chunk", "chunk_size", "chunk_overlap", "custom_metadata"})
@@ -31,14 +31,13 @@ async def create_instance(
     if source:
         chosen = confined_source(runtime.settings, source, config.get("type"))
     else:
-        folder = uploads_dir(runtime.settings, instance_id)
-        chosen = str(folder)
-        config = {**config, "type": "folder"}
+        chosen = managed_source(runtime.settings, instance_id)
+        config = {**config, "type": "s3" if "://" in chosen else "folder"}
     async with runtime.sessions() as session, session.begin():
         row = await records.create_instance(
             session, instance_id, chosen, {"backend": runtime.settings.backend, **config}
         )
-    if not source:
+    if not source and "://" not in chosen:
         await asyncio.to_thread(
             uploads_dir(runtime.settings, instance_id).mkdir, parents=True, exist_ok=True
         )
@@ -99,11 +98,13 @@ def confined_source(settings: Settings, source: str, kind: str | None) -> str:
 
 
 async def delete_instance(runtime: Runtime, instance_id: str) -> Instance:
-    """The row (items, jobs and logs cascade), the open index and the instance's files (the
-    caller makes sure that no sync of it runs)."""
+    """The row (items, jobs and logs cascade), the open index, the instance's files and its
+    uploads (the caller makes sure that no sync of it runs)."""
     async with runtime.sessions() as session, session.begin():
         row = await records.get_instance(session, instance_id)
         await session.delete(row)
+    if uploads.is_managed(runtime.settings, row):
+        await runtime.providers.upload_store(row, instances.instance_config(row)).clear()
     runtime.instances.forget(instance_id)
     await runtime.providers.drop_index(instance_id)
     await asyncio.to_thread(

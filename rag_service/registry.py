@@ -9,11 +9,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+from rag_service import uploads
 from rag_service.config import LOCAL_EMBEDDING_MODEL, Settings
 from rag_service.errors import BackendError, InvalidRequest, RagError
-from rag_service.instances import InstanceConfig
+from rag_service.instances import InstanceConfig, SourceParams
 from rag_service.models import Instance
 from rag_service.providers.cloudflare.workers_ai import (
     CONTEXT_WINDOWS,
@@ -29,9 +30,13 @@ from rag_service.providers.protocols import (
     IndexSpec,
     ObjectSource,
     Reranker,
+    UploadStore,
     VectorIndex,
 )
 from rag_service.retrieve.extractive import EXTRACTIVE_MODEL
+
+if TYPE_CHECKING:
+    from rag_service.providers.s3_source import S3Source
 
 EmbedderFactory = Callable[[str, str | None], Embedder]  # (model, pooling)
 GeneratorFactory = Callable[[InstanceConfig], Generator]
@@ -154,9 +159,20 @@ class Providers:
     def source(self, row: Instance, cfg: InstanceConfig) -> ObjectSource:
         params = cfg.source_params
         path_filter = PathFilter(tuple(params.include_items), tuple(params.exclude_items))
+        if (root := uploads.bucket_root(self.settings, row)) is not None:
+            return self._s3_source(row.source, cfg, path_filter, root)
         if row.source.startswith("s3://") or cfg.type in ("r2", "s3"):
             return self._s3_source(row.source, cfg, path_filter)
         return FolderSource(Path(row.source), params.prefix, path_filter)
+
+    def upload_store(self, row: Instance, cfg: InstanceConfig) -> UploadStore:
+        """Where the uploads of an instance created without a source go: its area of
+        RAGD_UPLOADS_BUCKET, or its folder in the data dir (400 for any other instance)."""
+        if not uploads.is_managed(self.settings, row):
+            raise uploads.refuse_upload(row)
+        store = self.source(row, cfg.model_copy(update={"source_params": SourceParams()}))
+        assert isinstance(store, UploadStore)
+        return store
 
     async def _load(self, kept: dict[K, P], key: K, name: str, make: Callable[[], P]) -> P:
         """Load once, in a thread, one load at a time. A failure is remembered for
@@ -219,12 +235,15 @@ class Providers:
             keyword=keyword,
         )
 
-    def _s3_source(self, source: str, cfg: InstanceConfig, path_filter: PathFilter) -> ObjectSource:
-        """`s3://bucket/prefix` on RAGD_S3_ENDPOINT_URL, or an R2 bucket name (AI Search's form)."""
+    def _s3_source(
+        self, source: str, cfg: InstanceConfig, path_filter: PathFilter, root: str = ""
+    ) -> S3Source:
+        """`s3://bucket/prefix` on RAGD_S3_ENDPOINT_URL, or an R2 bucket name (AI Search's form).
+        With `root` (a managed instance's uploads area) keys are relative to it."""
         from rag_service.providers.s3_source import S3Source, parse_s3_url
 
         bucket, prefix = parse_s3_url(source) if source.startswith("s3://") else (source, "")
-        prefix = cfg.source_params.prefix or prefix
+        prefix = cfg.source_params.prefix if root else cfg.source_params.prefix or prefix
         st = self.settings
         secret = st.s3_secret_access_key.get_secret_value() if st.s3_secret_access_key else None
         credentials = {"access_key_id": st.s3_access_key_id, "secret_access_key": secret}
@@ -240,6 +259,7 @@ class Providers:
                 prefix,
                 path_filter,
                 with_metadata=with_metadata,
+                root=root,
                 **credentials,
             )
         return S3Source(
@@ -249,6 +269,7 @@ class Providers:
             endpoint_url=st.s3_endpoint_url,
             region=st.s3_region,
             with_metadata=with_metadata,
+            root=root,
             **credentials,
         )
 

@@ -1,13 +1,9 @@
-"""Files written into an instance's folder through the API (AI Search's uploads), with their
-custom metadata, and their removal when their item is deleted."""
+"""Where files uploaded through the API (AI Search's built-in storage) live, and the keys they
+get; the writing is the instance's UploadStore's (rag_service.providers)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import unicodedata
-from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -15,7 +11,6 @@ from rag_service.config import Settings
 from rag_service.errors import InvalidRequest
 from rag_service.instances import InstanceConfig
 from rag_service.models import Instance
-from rag_service.providers.folder_source import metadata_path
 
 UPLOADS = "uploads"
 BUILTIN = "builtin"  # AI Search's source_id of uploaded items
@@ -26,9 +21,27 @@ def uploads_dir(settings: Settings, instance_id: str) -> Path:
     return (settings.instance_dir(instance_id) / UPLOADS).resolve()
 
 
+def managed_source(settings: Settings, instance_id: str) -> str:
+    """Where an instance created without a source keeps its uploads: its own area of
+    RAGD_UPLOADS_BUCKET (`s3://bucket/prefix/<instance>/`, which every host reaches), else a
+    folder in this host's data dir."""
+    if settings.uploads_bucket:
+        return f"{settings.uploads_bucket.rstrip('/')}/{instance_id}/"
+    return str(uploads_dir(settings, instance_id))
+
+
 def is_managed(settings: Settings, row: Instance) -> bool:
-    """Whether the instance reads its own uploads folder (it was created without a source)."""
-    return Path(row.source) == uploads_dir(settings, row.id)
+    """Whether the instance reads its own uploads (it was created without a source)."""
+    return row.source == managed_source(settings, row.id) or (
+        "://" not in row.source and Path(row.source) == uploads_dir(settings, row.id)
+    )
+
+
+def bucket_root(settings: Settings, row: Instance) -> str | None:
+    """The key prefix of a managed instance's uploads in RAGD_UPLOADS_BUCKET, or None."""
+    if row.source.startswith("s3://") and is_managed(settings, row):
+        return urlsplit(row.source).path.lstrip("/")
+    return None
 
 
 def source_id(settings: Settings, row: Instance, cfg: InstanceConfig) -> str:
@@ -61,58 +74,16 @@ def safe_key(key: str) -> str:
     return "/".join(parts)
 
 
-async def save_upload(
-    settings: Settings,
-    row: Instance,
-    cfg: InstanceConfig,
-    key: str,
-    data: bytes,
-    metadata: Mapping[str, str] | None = None,
-) -> str:
-    """Write an uploaded file into the instance's managed upload area (never into a folder of
-    the user's), its custom metadata (checked by the caller) beside it; returns the item key."""
-    folder = uploads_dir(settings, row.id)
-    if not is_managed(settings, row):
-        raise InvalidRequest(
-            f"instance {row.id!r} reads {'a bucket' if '://' in row.source else 'a folder'} of "
-            "its own: put files there; uploads go to instances created without a source"
-        )
-    key = safe_key(key)
+def upload_key(cfg: InstanceConfig, name: str) -> str:
+    """The item key of an uploaded file: its name (checked), under the instance's prefix."""
+    key = safe_key(name)
     prefix = cfg.source_params.prefix.lstrip("/")
-    key = key if key.startswith(prefix) else prefix + key
-    target = folder / key
-
-    def write() -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.parent.resolve().is_relative_to(folder):
-            raise InvalidRequest(f"invalid item key {key!r}: it leads out of the upload area")
-        write_metadata(target, metadata or {})
-        tmp = target.with_name(f".{target.name}.upload")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-
-    await asyncio.to_thread(write)
-    return key
+    return key if key.startswith(prefix) else prefix + key
 
 
-def write_metadata(target: Path, metadata: Mapping[str, str]) -> None:
-    """Keep a file's custom metadata beside it (before the file itself is replaced, so that a
-    sync that sees the new file sees its metadata); none: no metadata file."""
-    path = metadata_path(target)
-    if not metadata:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_name(f"{path.name}.upload")
-    tmp.write_text(json.dumps(dict(metadata)), "utf-8")
-    os.replace(tmp, path)
-
-
-async def remove_upload(settings: Settings, row: Instance, key: str) -> None:
-    """Deleting an item of a managed-uploads instance deletes its file and metadata too (else
-    the next sync would index it again). Items of other sources stay in their source."""
-    uploads = uploads_dir(settings, row.id)
-    if is_managed(settings, row):
-        path = (uploads / safe_key(key)).resolve()
-        if path.is_relative_to(uploads):
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-            await asyncio.to_thread(metadata_path(path).unlink, missing_ok=True)
+def refuse_upload(row: Instance) -> InvalidRequest:
+    """What an upload into an instance that reads a source of its own is told."""
+    return InvalidRequest(
+        f"instance {row.name!r} reads {'a bucket' if '://' in row.source else 'a folder'} of "
+        "its own: put files there; uploads go to instances created without a source"
+    )

@@ -234,7 +234,9 @@ class ItemsController(Controller):
                 f"{upload.filename} is {len(data)} bytes, over the "
                 f"{limits.cap_for(upload.filename)} byte limit for its type"
             )
-        key = await uploads.save_upload(runtime.settings, row, cfg, upload.filename, data, metadata)
+        store = runtime.providers.upload_store(row, cfg)
+        key = uploads.upload_key(cfg, upload.filename)
+        await store.put(key, data, metadata)
         wait = str(form.get("wait_for_completion", "")).lower() in ("true", "1")
         return await index_key(runtime, jobs, instance_id, key, wait)
 
@@ -267,8 +269,9 @@ class ItemsController(Controller):
     ) -> dict[str, Any]:
         item = await records.get_item(runtime.sessions, instance_id, item_id)
         await jobs.delete_item(instance_id, item.key)
-        row, _ = await runtime.instances.get(instance_id)
-        await uploads.remove_upload(runtime.settings, row, item.key)
+        row, cfg = await runtime.instances.get(instance_id)
+        if uploads.is_managed(runtime.settings, row):  # else the next sync would index it again
+            await runtime.providers.upload_store(row, cfg).remove(uploads.safe_key(item.key))
         return envelope({"key": item.key})
 
     @get("/{item_id:str}/chunks")

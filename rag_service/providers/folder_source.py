@@ -6,10 +6,11 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from rag_service.errors import ObjectTooLarge, SourceError
+from rag_service.errors import InvalidRequest, ObjectTooLarge, SourceError
 from rag_service.providers.globs import PathFilter
 from rag_service.providers.protocols import ObjectInfo
 
@@ -29,8 +30,21 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
+def write_metadata(target: Path, metadata: Mapping[str, str]) -> None:
+    """Keep a file's custom metadata beside it (before the file itself is replaced, so that a
+    sync that sees the new file sees its metadata); none: no metadata file."""
+    path = metadata_path(target)
+    if not metadata:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f"{path.name}.upload")
+    tmp.write_text(json.dumps(dict(metadata)), "utf-8")
+    os.replace(tmp, path)
+
+
 class FolderSource:
-    """Lists files under `root` (hidden files and folders skipped) and reads them size-capped."""
+    """Lists files under `root` (hidden files and folders skipped) and reads them size-capped.
+    Within the root it can also write (`put`, `remove`, `clear`): a managed instance's uploads."""
 
     def __init__(self, root: Path, prefix: str = "", path_filter: PathFilter | None = None) -> None:
         self.root = root.resolve()
@@ -92,3 +106,32 @@ class FolderSource:
 
     async def fetch(self, key: str, max_bytes: int) -> bytes:
         return await asyncio.to_thread(self._read, key, max_bytes)
+
+    def _inside(self, key: str) -> Path:
+        path = self.root / key
+        if not path.parent.resolve().is_relative_to(self.root):
+            raise InvalidRequest(f"invalid item key {key!r}: it leads out of the upload area")
+        return path
+
+    def _put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        (self.root / key).parent.mkdir(parents=True, exist_ok=True)
+        target = self._inside(key)
+        write_metadata(target, metadata)
+        tmp = target.with_name(f".{target.name}.upload")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+
+    async def put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        """Write one file (atomically: a sync never reads half of it), its metadata beside it."""
+        await asyncio.to_thread(self._put, key, data, metadata)
+
+    def _remove(self, key: str) -> None:
+        path = self._inside(key)
+        path.unlink(missing_ok=True)
+        metadata_path(path).unlink(missing_ok=True)
+
+    async def remove(self, key: str) -> None:
+        await asyncio.to_thread(self._remove, key)
+
+    async def clear(self) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.root, ignore_errors=True)

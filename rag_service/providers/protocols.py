@@ -70,6 +70,24 @@ class ObjectSource(Protocol):
 
 
 @runtime_checkable
+class UploadStore(Protocol):
+    """Where a managed instance's uploads live (a folder, or an area of a bucket); keys are
+    the instance's item keys."""
+
+    async def put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        """Write (or replace) one file with its custom metadata (empty: none)."""
+        ...
+
+    async def remove(self, key: str) -> None:
+        """Delete one file and its metadata; nothing when it is already gone."""
+        ...
+
+    async def clear(self) -> None:
+        """Delete every file (the instance is being deleted)."""
+        ...
+
+
+@runtime_checkable
 class Tokenizer(Protocol):
     def count_tokens(self, text: str) -> int: ...
 

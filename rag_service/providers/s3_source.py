@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from email.header import decode_header, make_header
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
@@ -59,8 +61,30 @@ def read_capped(body: BinaryIO, max_bytes: int) -> bytes:
     return bytes(data)
 
 
+def encode_metadata(value: str) -> str:
+    """An `x-amz-meta-*` value: as it is when ASCII, else an RFC 2047 encoded word (HTTP
+    headers are ASCII; S3 itself returns non-ASCII metadata so)."""
+    if value.isascii() and value.isprintable():
+        return value
+    return f"=?UTF-8?B?{base64.b64encode(value.encode()).decode()}?="
+
+
+def decode_metadata(value: str) -> str:
+    """A metadata value as written: RFC 2047 encoded words decoded, other text kept."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return value
+
+
 class S3Source:
-    """Lists a bucket under `prefix` (folder markers skipped) and reads objects size-capped."""
+    """Lists a bucket under `prefix` (folder markers skipped) and reads objects size-capped.
+
+    `root` is a key prefix of the bucket that the source's item keys are relative to (a managed
+    instance's area of the uploads bucket); `prefix` then narrows the listing inside it. Within
+    the root the source can also write (`put`, `remove`, `clear`): an instance's uploads."""
 
     def __init__(
         self,
@@ -74,8 +98,10 @@ class S3Source:
         region: str = "auto",
         with_metadata: bool = False,
         client: Any | None = None,
+        root: str = "",
     ) -> None:
         self.bucket = bucket
+        self.root = root.lstrip("/")
         self.prefix = prefix.lstrip("/")
         self.path_filter = path_filter or PathFilter()
         self.with_metadata = with_metadata
@@ -107,13 +133,14 @@ class S3Source:
         secret_access_key: str | None,
         jurisdiction: str | None = None,
         with_metadata: bool = False,
+        root: str = "",
     ) -> S3Source:
         """A Cloudflare R2 bucket (`jurisdiction` e.g. "eu" for an EU bucket)."""
         host = f"{account_id}.{jurisdiction}" if jurisdiction else account_id
         endpoint_url = f"https://{host}.r2.cloudflarestorage.com"
         keys = {"access_key_id": access_key_id, "secret_access_key": secret_access_key}
         return cls(bucket, prefix, path_filter, endpoint_url=endpoint_url, **keys,
-                   region="auto", with_metadata=with_metadata)  # fmt: skip
+                   region="auto", with_metadata=with_metadata, root=root)  # fmt: skip
 
     def _error(self, exc: Exception, key: str | None = None) -> SourceError:
         """One line naming the problem and the bucket/key; never a credential."""
@@ -147,13 +174,14 @@ class S3Source:
 
     def _head(self, key: str, missing_ok: bool = False) -> ObjectInfo | None:
         try:
-            r = self.client.head_object(Bucket=self.bucket, Key=key)
+            r = self.client.head_object(Bucket=self.bucket, Key=self.root + key)
         except (ClientError, BotoCoreError) as exc:
             if missing_ok and _status(exc) == 404:
                 return None  # deleted since the listing: the next sync sees it gone
             raise self._error(exc, key) from exc
         etag, modified = r["ETag"].strip('"'), r["LastModified"].timestamp()
-        return ObjectInfo(key, etag, int(r["ContentLength"]), modified, dict(r["Metadata"]))
+        metadata = {k: decode_metadata(v) for k, v in r["Metadata"].items()}
+        return ObjectInfo(key, etag, int(r["ContentLength"]), modified, metadata)
 
     async def head(self, key: str) -> ObjectInfo:
         """The object's listing info plus its custom `x-amz-meta-*` metadata."""
@@ -166,7 +194,7 @@ class S3Source:
 
     def _pages(self) -> Iterator[dict[str, Any]]:
         paginator = self.client.get_paginator("list_objects_v2")
-        return iter(paginator.paginate(Bucket=self.bucket, Prefix=self.prefix))
+        return iter(paginator.paginate(Bucket=self.bucket, Prefix=self.root + self.prefix))
 
     def _next_page(self, pages: Iterator[dict[str, Any]]) -> list[ObjectInfo] | None:
         try:
@@ -175,10 +203,12 @@ class S3Source:
             raise self._error(exc) from exc
         if page is None:
             return None
+        cut = len(self.root)
         return [
-            ObjectInfo(o["Key"], o["ETag"].strip('"'), o["Size"], o["LastModified"].timestamp())
+            ObjectInfo(key, o["ETag"].strip('"'), o["Size"], o["LastModified"].timestamp())
             for o in page.get("Contents", [])
-            if not o["Key"].endswith("/") and self.path_filter.admits(o["Key"])
+            for key in [o["Key"][cut:]]
+            if key and not key.endswith("/") and self.path_filter.admits(key)
         ]
 
     async def list_objects(self) -> AsyncIterator[ObjectInfo]:
@@ -196,7 +226,7 @@ class S3Source:
 
     def _read(self, key: str, max_bytes: int) -> bytes:
         try:
-            r = self.client.get_object(Bucket=self.bucket, Key=key)
+            r = self.client.get_object(Bucket=self.bucket, Key=self.root + key)
             with contextlib.closing(r["Body"]) as body:  # closed early: the rest is never read
                 if (r.get("ContentLength") or 0) > max_bytes:
                     raise ObjectTooLarge(f"object is larger than the {max_bytes} byte limit")
@@ -206,3 +236,41 @@ class S3Source:
 
     async def fetch(self, key: str, max_bytes: int) -> bytes:
         return await asyncio.to_thread(self._read, key, max_bytes)
+
+    def _put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        meta = {k.lower(): encode_metadata(v) for k, v in metadata.items()}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.root + key, Body=data,
+                                   Metadata=meta)  # fmt: skip
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, key) from exc
+
+    async def put(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        """Write one object under the root, its custom metadata as `x-amz-meta-*`."""
+        await asyncio.to_thread(self._put, key, data, metadata)
+
+    def _delete(self, object_keys: list[str]) -> None:
+        if object_keys:  # DeleteObjects takes up to 1,000 keys, as a listing page holds
+            objects = [{"Key": k} for k in object_keys]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+
+    async def remove(self, key: str) -> None:
+        """Delete one object under the root (nothing when it is already gone)."""
+        try:
+            await asyncio.to_thread(self._delete, [self.root + key])
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, key) from exc
+
+    def _clear(self) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.root):
+            self._delete([o["Key"] for o in page.get("Contents", [])])
+
+    async def clear(self) -> None:
+        """Delete every object under the root (a deleted managed instance's uploads)."""
+        if not self.root:
+            raise SourceError("refusing to empty a whole bucket: the source has no root")
+        try:
+            await asyncio.to_thread(self._clear)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc) from exc
