@@ -6,12 +6,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATION_LOCK = 0x7261_6764  # "ragd": the advisory lock key schema upgrades take
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -43,7 +44,8 @@ def alembic_config(url: str) -> Config:
 
 
 async def upgrade(engine: AsyncEngine) -> None:
-    """Bring the schema to head over the engine's own connection."""
+    """Bring the schema to head over the engine's own connection (on PostgreSQL under an
+    advisory lock, so that processes starting at once do not race on the same DDL)."""
 
     def _run(sync_conn: object) -> None:
         cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
@@ -51,6 +53,8 @@ async def upgrade(engine: AsyncEngine) -> None:
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # hosts starting together migrate one at a time
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         await conn.run_sync(_run)
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rag_service import instances, records
@@ -67,13 +68,19 @@ class InstanceRegistry:
     async def ensure(
         self, instance_id: str, source: str, config: dict[str, Any] | None = None
     ) -> Instance:
-        """Create the instance when missing; an existing one is left as it is, source included."""
-        async with self.sessions() as session, session.begin():
-            row = await session.get(Instance, instance_id)
-            if row is None:
-                cfg = {"backend": self.backend, **(config or {})}
-                row = await records.create_instance(session, instance_id, source, cfg)
-            return row
+        """Create the instance when missing; an existing one is left as it is, source included
+        (also when another process created it meanwhile: hosts starting together)."""
+        for _ in range(2):
+            try:
+                async with self.sessions() as session, session.begin():
+                    row = await session.get(Instance, instance_id)
+                    if row is None:
+                        cfg = {"backend": self.backend, **(config or {})}
+                        row = await records.create_instance(session, instance_id, source, cfg)
+                    return row
+            except IntegrityError:
+                continue  # created by another process since the read: read it
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def ensure_default(self, source: str | None = None) -> Instance:
         """The `default` instance; an explicit `source` re-points an existing one."""

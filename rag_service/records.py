@@ -85,14 +85,17 @@ async def log_line(sessions: Sessions, job_id: str, message: str, level: int = I
         await session.execute(update(Job).where(Job.id == job_id).values(last_seen_at=utcnow()))
 
 
-async def end_interrupted_jobs(sessions: Sessions, instance_id: str) -> int:
+async def end_interrupted_jobs(
+    sessions: Sessions, instance_id: str, resumed: str | None = None
+) -> int:
     """Mark jobs still `running` as failed: called by the sync that now holds the instance's
-    lock, so any other running job belongs to a process that died."""
+    lock, so any other running job belongs to a process that died. The job that sync resumes
+    (`resumed`: a dead worker's, taken over) stays running."""
     async with sessions() as session, session.begin():
         now = utcnow()
         done = await session.execute(
             update(Job)
-            .where(Job.instance_id == instance_id, Job.status == "running")
+            .where(Job.instance_id == instance_id, Job.status == "running", Job.id != resumed)
             .values(status="failed", end_reason="interrupted: its process stopped", ended_at=now)
         )
         return int(getattr(done, "rowcount", 0) or 0)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from arq import cron
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from rag_service.config import Settings
 from rag_service.queue import (
     HEALTH_CHECK_SECONDS,
+    LOCK_TTL_MS,
     QUEUE,
     deserialize,
     health_check_key,
@@ -31,11 +34,34 @@ from workers.tasks import (
 
 log = logging.getLogger("ragd.worker")
 REDIS_RETRY_S = 2.0
+# arq marks a job it runs as in progress for the job timeout (hours): a worker killed mid-job
+# would keep it from every other worker that long. Here the mark lasts a minute and is renewed
+# while the job runs, so another worker takes a dead worker's job over within a minute (after
+# the instance's lock, LOCK_TTL_MS, has expired too).
+IN_PROGRESS_TTL_S = 60.0
+RENEW_IN_PROGRESS_S = IN_PROGRESS_TTL_S / 4
+assert IN_PROGRESS_TTL_S * 1000 > LOCK_TTL_MS
 
 
 class ResilientWorker(Worker):
     """arq's worker, kept alive through a Redis outage: a poll that cannot reach Redis waits
-    and tries again (arq's own loop would end the process), running jobs go on."""
+    and tries again (arq's own loop would end the process), running jobs go on. Its jobs'
+    in-progress marks are short and renewed (IN_PROGRESS_TTL_S)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_progress_timeout_s = IN_PROGRESS_TTL_S
+        self._renewed_at = 0.0
+
+    async def heart_beat(self) -> None:
+        await super().heart_beat()
+        now = time.monotonic()
+        if now - self._renewed_at >= RENEW_IN_PROGRESS_S:
+            self._renewed_at = now
+            ttl_ms = int(IN_PROGRESS_TTL_S * 1000)
+            for job_id, task in list(self.tasks.items()):
+                if not task.done():
+                    await self.pool.pexpire(in_progress_key_prefix + job_id, ttl_ms)
 
     async def _poll_iteration(self) -> None:
         try:

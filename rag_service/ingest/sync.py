@@ -94,7 +94,7 @@ async def _run_sync(
     description: str | None,
 ) -> SyncResult:
     started = time.perf_counter()
-    await records.end_interrupted_jobs(ctx.sessions, ctx.instance_id)
+    await records.end_interrupted_jobs(ctx.sessions, ctx.instance_id, resumed=job_id)
     job = await records.start_job(
         ctx.sessions, ctx.instance_id, job_source, description, job_id=job_id
     )
