@@ -42,3 +42,19 @@ def test_services_and_settings_wiring() -> None:
         assert env["RAGD_DATABASE_URL"].startswith("postgresql+asyncpg://")
         assert env["RAGD_REDIS_URL"].startswith("redis://redis:")
     assert doc["services"]["api"]["command"][:2] == ["ragd", "serve"]
+
+
+def test_api_and_worker_scale_out_without_a_shared_disk() -> None:
+    """Two replicas each, no volume (a tmpfs data dir of their own), and every piece of
+    durable state in PostgreSQL, Redis or the bucket."""
+    doc = yaml.safe_load(COMPOSE.read_text())
+    for name in ("api", "worker"):
+        service = doc["services"][name]
+        assert service["deploy"]["replicas"] == 2
+        assert "volumes" not in service and service["tmpfs"] == ["/data"]
+        env = service["environment"]
+        assert env["RAGD_BACKEND"] == "cloudflare" and env["RAGD_KEYWORD_INDEX"] == "postgres"
+        assert env["RAGD_UPLOADS_BUCKET"].startswith("s3://")
+        Settings(**{k[5:].lower(): v for k, v in env.items() if "${" not in v})  # valid values
+    assert set(doc["volumes"]) == {"postgres-data"}
+    assert doc["services"]["api"]["ports"] == ["8787-8788:8787"]
