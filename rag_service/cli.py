@@ -398,11 +398,22 @@ def bench(
     ] = None,
     docs: Annotated[int, typer.Option(min=1, help="ingest: documents.")] = 200,
     repeat: Annotated[int, typer.Option(min=1, help="ingest: alternating runs.")] = 3,
+    processes: Annotated[
+        bool,
+        typer.Option(
+            help="query: also compare two `ragd serve` processes (round robin) with one, "
+            "at the largest --clients."
+        ),
+    ] = True,
+    rounds: Annotated[
+        int, typer.Option(min=2, help="query --processes: interleaved rounds of each.")
+    ] = 3,
     out: Annotated[Path | None, typer.Option(help="Folder for KIND.json.")] = None,
 ) -> None:
     """Throughput and latency on this machine: ingest (sync chunks/s vs the bare embedder),
-    query (/search p50/p95/p99 by concurrent clients, overhead beyond embed + index) or index
-    (vector top-10 latency by size). Writes bench/results/KIND.json with the machine."""
+    query (/search p50/p95/p99 by concurrent clients, overhead beyond embed + index, one vs
+    two `ragd serve` processes) or index (vector top-10 latency by size). Writes
+    bench/results/KIND.json with the machine."""
     from rag_service.api.app import create_app as api_app
     from rag_service.benchmarks import index as index_bench
     from rag_service.benchmarks import ingest as ingest_bench
@@ -421,7 +432,17 @@ def bench(
             result = _run(ingest_bench.run(docs, repeat))
         elif kind == "query":
             runs = clients or query_bench.CLIENTS
-            result = _run(query_bench.run(api_app, chunks, queries, runs, progress=progress))
+            result = _run(
+                query_bench.run(
+                    api_app,
+                    chunks,
+                    queries,
+                    runs,
+                    progress=progress,
+                    processes=processes,
+                    process_rounds=rounds,
+                )
+            )
         else:
             result = _run(index_bench.run(sizes or index_bench.SIZES, queries, progress=progress))
     path = save_result(kind, result, out or RESULTS)

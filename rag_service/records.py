@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, case, delete, func, select, update
+from sqlalchemy import Select, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rag_service.errors import Conflict, NotFound
@@ -33,6 +33,7 @@ from rag_service.providers.protocols import ObjectInfo
 ITEM_NAMESPACE = uuid.UUID("5b0a2f1e-7c1d-4e8a-9a3b-2f6d1c0e4b7a")
 INFO, WARNING, ERROR = 0, 1, 2
 _IN_BATCH = 500  # ids per IN (...) clause
+INTERRUPTED = "interrupted: its process stopped"  # a job whose process died mid-sync
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -61,8 +62,9 @@ async def start_job(
     job_id: str | None = None,
 ) -> Job:
     """A running job row; `job_id` lets a caller that enqueued the sync follow it (a retried
-    task starts the same job again). A job cancelled before it started comes back as it is
-    (`cancelled`): the caller must not run it."""
+    task starts the same job again). A job cancelled before it started, or closed as
+    interrupted by a sync that has run since (its work is done), comes back as it is: the
+    caller must not run it."""
     now = utcnow()
     fields: dict[str, Any] = dict(instance_id=instance_id, source=source, status="running",
         description=description, started_at=now, last_seen_at=now, ended_at=None,
@@ -70,7 +72,10 @@ async def start_job(
     async with sessions() as session, session.begin():
         if job_id:  # one statement: a cancel cannot slip in between a read and this write
             await session.execute(
-                update(Job).where(Job.id == job_id, Job.status != "cancelled").values(**fields)
+                update(Job)
+                .where(Job.id == job_id, Job.status != "cancelled")
+                .where(or_(Job.end_reason.is_(None), Job.end_reason != INTERRUPTED))
+                .values(**fields)
             )
         job = await session.get(Job, job_id) if job_id else None
         if job is None:
@@ -96,7 +101,7 @@ async def end_interrupted_jobs(
         done = await session.execute(
             update(Job)
             .where(Job.instance_id == instance_id, Job.status == "running", Job.id != resumed)
-            .values(status="failed", end_reason="interrupted: its process stopped", ended_at=now)
+            .values(status="failed", end_reason=INTERRUPTED, ended_at=now)
         )
         return int(getattr(done, "rowcount", 0) or 0)
 

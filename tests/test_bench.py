@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from rag_service.api.app import create_app
-from rag_service.benchmarks import ingest, query
+from rag_service.benchmarks import ingest, query, query_processes
 from rag_service.cli import app
 from tests.fakes import HashingEmbedder
 
@@ -65,3 +67,46 @@ def test_cli_index_writes_its_result(tmp_path: Path) -> None:
         check_percentiles(row["query_ms"])
     check_machine(result)
     assert "LocalIndex.query top-10" in outcome.output
+
+
+def test_cli_query_compares_two_serve_processes_with_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real `ragd serve` processes (with the default MiniLM) on a small index: both measured
+    in interleaved rounds, requests spread evenly over the two, and stopped afterwards."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["bench", "query", "--chunks", "2000", "--queries", "20", "--clients", "1"]
+    outcome = CliRunner().invoke(
+        app, [*args, "--clients", "4", "--rounds", "2", "--out", str(tmp_path)]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    result = json.loads((tmp_path / "query.json").read_text())
+    assert [level["clients"] for level in result["concurrency"]] == [1, 4]  # unchanged
+    section = result["processes"]
+    assert section["clients"] == 4 and section["rounds"] == 2
+    one, two = section["one"], section["two"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    for mode in (one, two):
+        assert mode["requests"] == 2 * 20 and mode["requests_per_s"] > 0
+        assert len(mode["runs_requests_per_s"]) == 2
+        check_percentiles(mode["latency_ms"])
+    assert one["requests_by_process"] == [40]
+    assert two["requests_by_process"] == [20, 20]
+    assert section["ratio"] == pytest.approx(two["requests_per_s"] / one["requests_per_s"], 1e-2)
+    assert section["ratio"] > 0
+    assert "ratio two/one" in outcome.output
+
+
+async def test_query_processes_need_the_default_embedder() -> None:
+    with pytest.raises(ValueError, match="default embedder"):
+        await query.run(create_app, chunks=10, embedder_factory=fake_embedder, processes=True)
+
+
+async def test_a_serve_process_that_exits_is_reported_with_its_output(tmp_path: Path) -> None:
+    env = {**os.environ, "RAGD_DATA_DIR": str(tmp_path / "data"), "RAGD_NO_SUCH_SETTING": "1"}
+    proc = query_processes.start_serve(env, tmp_path / "serve.log")
+    try:
+        with pytest.raises(RuntimeError, match=r"(?s)exited with .*RAGD_NO_SUCH_SETTING"):
+            await query_processes.wait_healthy([proc], within_s=60)
+    finally:
+        proc.stop()

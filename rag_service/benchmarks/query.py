@@ -19,6 +19,7 @@ from litestar.types import ASGIApp
 
 from rag_service.benchmarks.index import BenchProgress, fill_index, phrases
 from rag_service.benchmarks.machine import describe_machine, percentiles_ms, spread
+from rag_service.benchmarks.query_processes import ROUNDS, compare, serve_env, summary_lines
 from rag_service.config import Settings
 from rag_service.instance_registry import DEFAULT_INSTANCE
 from rag_service.providers.protocols import Embedder, VectorIndex
@@ -98,10 +99,20 @@ async def run(
     clients: Sequence[int] = CLIENTS,
     embedder_factory: EmbedderFactory | None = None,
     progress: BenchProgress | None = None,
+    processes: bool = False,
+    process_clients: int | None = None,
+    process_rounds: int = ROUNDS,
 ) -> dict[str, Any]:
     """Build the index, then time each query's embedding and index lookups right before its
     `/search` (one client: the paired difference is the overhead), then each concurrency.
-    `app_factory`: the HTTP app to measure (the CLI passes the API's)."""
+    `app_factory`: the HTTP app to measure (the CLI passes the API's).
+
+    `processes`: then, with the in-process runtime closed, serve the same data dir with one and
+    with two `ragd serve` processes (interleaved rounds, `process_clients` clients: the largest
+    of `clients` by default) and add their comparison as `"processes"`. Those processes build
+    the default local embedder themselves, so `embedder_factory` must then be None."""
+    if processes and embedder_factory is not None:
+        raise ValueError("processes=True measures `ragd serve`, which uses the default embedder")
 
     work = Path(tempfile.mkdtemp(prefix="ragd-bench-query-"))
     (work / "empty").mkdir()
@@ -148,12 +159,27 @@ async def run(
                         "latency_ms": percentiles_ms(times),
                     }
                 )
+        await rt.close()  # before the processes open its files (closing twice is harmless)
+        if processes:
+            n = process_clients or max(clients)
+
+            async def measure(client: httpx.AsyncClient) -> tuple[list[float], float]:
+                return await concurrent(client, texts, n)
+
+            async def warm(client: httpx.AsyncClient) -> None:
+                for q in texts[:5]:
+                    await search(client, q)
+
+            env = serve_env(settings.data_dir, settings.source, TOKEN)
+            process_section = await compare(
+                env, work, TOKEN, n, measure, warm, process_rounds, progress
+            )
     finally:
         await rt.close()
         shutil.rmtree(work, ignore_errors=True)
     embed, vector, keyword = (list(col) for col in zip(*parts, strict=True))
     below = [e + v + k for e, v, k in parts]
-    return {
+    result: dict[str, Any] = {
         "chunks": chunks,
         "dimensions": embedder.dimensions,
         "embedder": embedder.model_id,
@@ -177,6 +203,9 @@ async def run(
         "concurrency": levels,
         "machine": describe_machine(),
     }
+    if processes:
+        result["processes"] = process_section
+    return result
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -192,4 +221,6 @@ def summary(result: dict[str, Any]) -> str:
     for level in result["concurrency"]:
         ms = spread(level["latency_ms"])
         lines.append(f"  {level['clients']:>2} clients: {ms}, {level['requests_per_s']} requests/s")
+    if "processes" in result:
+        lines.extend(summary_lines(result["processes"]))
     return "\n".join(lines)

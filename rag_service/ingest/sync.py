@@ -98,8 +98,9 @@ async def _run_sync(
     job = await records.start_job(
         ctx.sessions, ctx.instance_id, job_source, description, job_id=job_id
     )
-    if job.status == "cancelled":  # before it started: nothing to do
-        return SyncResult(job.id, "cancelled", job.end_reason or "cancelled")
+    if job.status != "running":  # cancelled before it started, or done by a later sync
+        ended: JobStatus = "cancelled" if job.status == "cancelled" else "failed"
+        return SyncResult(job.id, ended, job.end_reason or ended)
     counts: Counter[str] = Counter()
     try:
         cancelled = await _sync_items(ctx, job.id, counts, progress)
