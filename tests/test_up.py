@@ -69,7 +69,7 @@ def search(base: str, token: str, query: str) -> dict[str, object]:
             f"{base}/search",
             json={"query": query},
             headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
+            timeout=120,  # the first search loads the models while the first sync embeds
         )
         assert resp.status_code == 200, resp.text
         page: dict[str, object] = resp.json()["result"]
