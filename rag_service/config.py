@@ -13,8 +13,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 LOCAL_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SAMPLE_DOCS = Path(__file__).resolve().parent / "sample_docs"
 ENV_PREFIX = "RAGD_"
-# RAGD_ variables that are read by tools around the service, not by it.
-NOT_SETTINGS = frozenset({"RAGD_VENV", "RAGD_TEST_PG_DSN"})
+# RAGD_ variables read by tools around the service, not by it: the dev script's venv, and the
+# tests' own (RAGD_TEST_*).
+NOT_SETTINGS = frozenset({"RAGD_VENV"})
+TEST_VARIABLES = "RAGD_TEST_"
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
 
@@ -86,6 +88,7 @@ class Settings(BaseSettings):
             if name.upper().startswith(ENV_PREFIX)
             and name.upper()[len(ENV_PREFIX) :].lower() not in type(self).model_fields
             and name.upper() not in NOT_SETTINGS
+            and not name.upper().startswith(TEST_VARIABLES)
         )
         if unknown:
             known = [ENV_PREFIX + f.upper() for f in type(self).model_fields]
