@@ -151,6 +151,8 @@ class SourceParams(BaseModel):
     prefix: str = ""
     include_items: list[str] = Field(default_factory=list, max_length=10)
     exclude_items: list[str] = Field(default_factory=list, max_length=10)
+    # An R2 bucket's jurisdiction ("eu", "fedramp"; "default" or none: the account's own).
+    r2_jurisdiction: str | None = Field(None, pattern=r"^[a-z]{1,16}$")
 
 
 class IndexingOptions(BaseModel):

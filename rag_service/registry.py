@@ -253,11 +253,13 @@ class Providers:
                 raise InvalidRequest(
                     "an R2 source needs RAGD_CLOUDFLARE_ACCOUNT_ID or RAGD_S3_ENDPOINT_URL"
                 )
+            jurisdiction = cfg.source_params.r2_jurisdiction
             return S3Source.for_r2(
                 st.cloudflare_account_id,
                 bucket,
                 prefix,
                 path_filter,
+                jurisdiction=None if jurisdiction in (None, "default") else jurisdiction,
                 with_metadata=with_metadata,
                 root=root,
                 **credentials,

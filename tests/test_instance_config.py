@@ -9,7 +9,7 @@ import pytest
 
 from rag_service import instance_changes, instance_registry
 from rag_service.config import Settings
-from rag_service.errors import NotFound
+from rag_service.errors import InvalidRequest, NotFound
 from rag_service.registry import Providers
 from rag_service.runtime import Runtime
 from tests.fakes import HashingEmbedder
@@ -51,3 +51,22 @@ async def test_a_deleted_instance_is_gone_for_the_query_path(
         await instance_changes.delete_instance(api, "docs")
         with pytest.raises(NotFound):
             await api.instances.config("docs")
+
+
+@pytest.mark.parametrize(
+    ("jurisdiction", "host"), [(None, "acc"), ("default", "acc"), ("eu", "acc.eu")]
+)
+def test_an_r2_source_in_a_jurisdiction(jurisdiction: str | None, host: str) -> None:
+    """AI Search's `source_params.r2_jurisdiction` picks the R2 endpoint of that jurisdiction."""
+    from rag_service.instances import validate_config
+    from rag_service.models import Instance
+    from rag_service.providers.s3_source import S3Source
+
+    settings = Settings(cloudflare_account_id="acc", s3_access_key_id="k", s3_secret_access_key="s")
+    params = {} if jurisdiction is None else {"r2_jurisdiction": jurisdiction}
+    cfg = validate_config({"type": "r2", "source_params": params})
+    source = Providers(settings).source(Instance(id="docs", source="bucket"), cfg)
+    assert isinstance(source, S3Source)
+    assert source.client.meta.endpoint_url == f"https://{host}.r2.cloudflarestorage.com"
+    with pytest.raises(InvalidRequest, match="r2_jurisdiction"):
+        validate_config({"type": "r2", "source_params": {"r2_jurisdiction": "EU; x"}})
