@@ -125,7 +125,16 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """The HTTP API alone (syncs run elsewhere: `ragd sync` or the worker)."""
-    _serve(_settings(data_dir), host, port, scheduler=None, source=None)
+    settings = _settings(data_dir)
+    _note_host_bound(settings)
+    _serve(settings, host, port, scheduler=None, source=None)
+
+
+def _note_host_bound(settings: Settings) -> None:
+    """On a shared database, say what still stays on this host (README: several hosts)."""
+    kept = settings.host_bound_state()
+    if kept and settings.resolved_database_url.startswith("postgresql"):
+        err.print("[yellow]note:[/yellow] this host's data dir keeps " + "; ".join(kept))
 
 
 def _serve(settings: Settings, host: str, port: int, scheduler: Any, source: str | None) -> None:
@@ -250,6 +259,7 @@ def worker(
     from workers.worker import build_worker
 
     settings = _settings(data_dir)
+    _note_host_bound(settings)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -100,6 +100,20 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown setting: {', '.join(hints)}; unset it or fix its name")
         return self
 
+    def host_bound_state(self) -> list[str]:
+        """What this configuration keeps in the data dir that other hosts cannot see (empty:
+        API and worker processes may run on several hosts)."""
+        kept = []
+        if not self.resolved_database_url.startswith("postgresql"):
+            kept.append("the metadata database (SQLite): set RAGD_DATABASE_URL to PostgreSQL")
+        if self.backend != "cloudflare":
+            kept.append("the vectors (local backend): use RAGD_BACKEND=cloudflare")
+        if self.keyword_index != "postgres":
+            kept.append("the keyword index: set RAGD_KEYWORD_INDEX=postgres")
+        if not self.uploads_bucket:
+            kept.append("uploaded files: set RAGD_UPLOADS_BUCKET=s3://bucket/prefix")
+        return kept
+
     @field_validator("uploads_bucket")
     @classmethod
     def _uploads_bucket_url(cls, value: str | None) -> str | None:

@@ -58,3 +58,16 @@ def test_api_and_worker_scale_out_without_a_shared_disk() -> None:
         Settings(**{k[5:].lower(): v for k, v in env.items() if "${" not in v})  # valid values
     assert set(doc["volumes"]) == {"postgres-data"}
     assert doc["services"]["api"]["ports"] == ["8787-8788:8787"]
+
+
+def test_what_stays_on_a_host() -> None:
+    """`ragd serve` and `ragd worker` name what a configuration keeps in the data dir."""
+    single = Settings()
+    assert len(single.host_bound_state()) == 4
+    shared = Settings(
+        database_url="postgresql+asyncpg://u@h/db",
+        backend="cloudflare",
+        keyword_index="postgres",
+        uploads_bucket="s3://b/p",
+    )
+    assert shared.host_bound_state() == []
