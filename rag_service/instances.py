@@ -181,7 +181,7 @@ class InstanceConfig(BaseModel):
     max_num_results: int = Field(10, ge=1, le=50)
     score_threshold: float = Field(0.4, ge=0.0, le=1.0)
     index_method: IndexMethod = Field(default_factory=IndexMethod)
-    fusion_method: Literal["rrf", "max"] = "rrf"
+    fusion_method: Literal["rrf", "max"] = "max"  # AI Search: rrf; ragd: max (bench/fusion/)
     cache: bool = False
     cache_threshold: Literal[
         "super_strict_match", "close_enough", "flexible_friend", "anything_goes"

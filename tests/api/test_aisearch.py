@@ -151,7 +151,7 @@ async def test_retrieval_options_change_the_results(client: httpx.AsyncClient) -
 
     hybrid = await search(client, opts())
     assert keys(hybrid)[0] == "kitchen/recipes/bread.md"
-    assert hybrid["result"]["chunks"][0]["scoring_details"]["fusion_method"] == "rrf"
+    assert hybrid["result"]["chunks"][0]["scoring_details"]["fusion_method"] == "max"
     keyword = await search(client, opts(retrieval_type="keyword"))
     details = keyword["result"]["chunks"][0]["scoring_details"]
     assert "vector_score" not in details and details["keyword_rank"] == 1

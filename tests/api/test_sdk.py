@@ -89,7 +89,7 @@ def test_search_ranks_the_right_document_first(client: Cloudflare) -> None:
     first = found.chunks[0]
     assert first.item is not None and first.item.key == "green-tea.txt"
     details = first.scoring_details
-    assert details is not None and details.fusion_method == "rrf"
+    assert details is not None and details.fusion_method == "max"
     assert details.vector_score is not None and details.vector_rank == 1
     raw = client.aisearch.instances.with_raw_response.search(
         "default", account_id=ACCOUNT, messages=[{"role": "user", "content": GREEN_TEA}]

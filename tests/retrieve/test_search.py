@@ -29,12 +29,14 @@ def test_rrf_sums_reciprocal_ranks_and_scales_to_one() -> None:
     assert top.score == pytest.approx(1.0) and top.fusion_method == "rrf"
 
 
-def test_max_fusion_takes_the_better_normalised_score() -> None:
-    fused = fuse([m("a", 0.3), m("b", 0.7)], [m("a", 10.0), m("c", 5.0)], "max")
-    by_id = {c.id: c for c in fused}
-    assert by_id["a"].score == pytest.approx(1.0)  # best keyword hit
-    assert by_id["b"].score == pytest.approx(0.7)
-    assert by_id["c"].score == pytest.approx(0.5)
+def test_max_fusion_takes_the_better_standardised_score() -> None:
+    fused = fuse([m("b", 0.7), m("a", 0.3)], [m("a", 10.0), m("c", 5.0)], "max")
+    # each list standardised: b tops vector, a tops keyword (z 1 each, the other's floor -1):
+    # a tie on every z and on best rank, settled by the vector similarity; scaled to 0-1
+    assert [c.id for c in fused] == ["b", "a", "c"]
+    assert [c.score for c in fused] == pytest.approx([1.0, 1.0, 0.0])
+    assert fused[0].fusion_method == "max"
+    assert (fused[1].vector_rank, fused[1].keyword_rank) == (2, 1)
 
 
 @pytest.fixture
