@@ -38,7 +38,7 @@ from rag_service.evaluation.metrics import mean_scores
 from rag_service.evaluation.run import rank_documents
 from rag_service.providers.protocols import Filter, Match
 from rag_service.retrieve import search as search_mod
-from rag_service.retrieve.search import RRF_K, RetrievalOptions, ScoredChunk, _from_match
+from rag_service.retrieve.search import RRF_K, RetrievalOptions, ScoredChunk
 
 Fuse = Callable[[Sequence[Match], Sequence[Match], Literal["rrf", "max"]], list[ScoredChunk]]
 REAL_FUSE: Fuse = search_mod.fuse
@@ -77,15 +77,7 @@ class NoEmbedder:
 # ---- fusion variants (each a drop-in for search.fuse) ---------------------------------------
 
 
-def _collect(vector: Sequence[Match], keyword: Sequence[Match]) -> dict[str, ScoredChunk]:
-    chunks: dict[str, ScoredChunk] = {}
-    for rank, m in enumerate(vector, 1):
-        c = chunks.setdefault(m.id, _from_match(m))
-        c.vector_score, c.vector_rank = m.score, rank
-    for rank, m in enumerate(keyword, 1):
-        c = chunks.setdefault(m.id, _from_match(m))
-        c.keyword_score, c.keyword_rank = m.score, rank
-    return chunks
+_collect = search_mod.collect
 
 
 def _minmax(scores: Sequence[float]) -> tuple[float, float]:

@@ -100,6 +100,18 @@ def _standard(scores: Sequence[float], frame: int) -> _Standard | None:
     return _Standard(mean, std, (low - mean) / std)
 
 
+def collect(vector: Sequence[Match], keyword: Sequence[Match]) -> dict[str, ScoredChunk]:
+    """Each chunk of either list once, with its score and rank in each list it is in."""
+    chunks: dict[str, ScoredChunk] = {}
+    for rank, m in enumerate(vector, 1):
+        c = chunks.setdefault(m.id, _from_match(m))
+        c.vector_score, c.vector_rank = m.score, rank
+    for rank, m in enumerate(keyword, 1):
+        c = chunks.setdefault(m.id, _from_match(m))
+        c.keyword_score, c.keyword_rank = m.score, rank
+    return chunks
+
+
 def fuse(
     vector: Sequence[Match],
     keyword: Sequence[Match],
@@ -122,13 +134,7 @@ def fuse(
     higher z-score (the list surer of its chunk wins, as under max), then the sum of the two, the
     better single-list rank, the vector similarity, the keyword score; the chunk id only when all
     of these are equal, so that an order never depends on the instance's name."""
-    chunks: dict[str, ScoredChunk] = {}
-    for rank, m in enumerate(vector, 1):
-        c = chunks.setdefault(m.id, _from_match(m))
-        c.vector_score, c.vector_rank = m.score, rank
-    for rank, m in enumerate(keyword, 1):
-        c = chunks.setdefault(m.id, _from_match(m))
-        c.keyword_score, c.keyword_rank = m.score, rank
+    chunks = collect(vector, keyword)
     pool = list(vector_pool) if vector_pool else [m.score for m in vector]
     frame = max(len(pool), len(keyword))
     zv = _standard(pool, len(pool)) if vector else None
