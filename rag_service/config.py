@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     embedding_model: str = LOCAL_EMBEDDING_MODEL
     embedding_pooling: Literal["cls", "mean"] | None = None  # None: cls for BGE, mean otherwise
     embedding_query_instruction: str | None = None  # None: BGE's own for BGE, none otherwise
-    embedding_batch_size: int = 32
+    embedding_batch_size: int = 16
     # The answer model: "extractive" (sentences of the documents, no LLM), "smollm2" (the
     # shipped GGUF), an HF id/path or a GGUF path, or the model name of RAGD_GENERATION_URL's
     # server. None: extractive, or the server's "default" model when RAGD_GENERATION_URL is set.

@@ -64,7 +64,7 @@ class LocalEmbedder:
         model: str = LOCAL_EMBEDDING_MODEL,
         pooling: Pooling | None = None,
         query_instruction: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = 16,
         max_tokens: int | None = None,
         device: str = "cpu",
         threads: int | None = None,
@@ -117,12 +117,18 @@ class LocalEmbedder:
         query: Vector = vectors[0]
         return query
 
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text takes in a batch (special tokens included, at most `max_tokens`)."""
+        encodings = self._counter.encode_batch(list(texts), add_special_tokens=True)
+        return [min(len(e.ids), self.max_tokens) for e in encodings]
+
     def _embed(self, texts: list[str]) -> Vector:
-        """Longest texts first so each batch pads little; rows are put back in input order."""
+        """Most tokens first so each batch pads little; rows are put back in input order."""
         out: Vector = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        lengths = self.token_lengths(texts) if len(texts) > self.batch_size else [0] * len(texts)
         with self._torch_lock, torch.inference_mode():
             torch.set_num_threads(self.threads)
-            for rows in length_batches(texts, self.batch_size):
+            for rows in length_batches(lengths, self.batch_size):
                 batch = self._batch_tokenizer(
                     [texts[i] for i in rows],
                     padding=True,

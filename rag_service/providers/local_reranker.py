@@ -77,7 +77,7 @@ class LocalReranker:
         scores = [0.0] * len(texts)
         with self._torch_lock, torch.inference_mode():
             torch.set_num_threads(self.threads)
-            for rows in length_batches(texts, self.batch_size):
+            for rows in length_batches([len(t) for t in texts], self.batch_size):
                 batch = self.tokenizer(
                     [query] * len(rows),
                     [texts[i] for i in rows],
