@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # Keyword (BM25) search: "local", an SQLite FTS5 file per instance in the data dir, or
     # "postgres", tables in RAGD_DATABASE_URL (then PostgreSQL) that every host shares.
     keyword_index: Literal["local", "postgres"] = "local"
+    # Local vector indexes of at least this many vectors answer through an HNSW graph kept beside
+    # them (approximate candidates, exact scores and filters); 0: always exact search.
+    ann_threshold: int = Field(200_000, ge=0)
     source: str | None = None  # default instance: folder path or s3://bucket/prefix
     # Uploads of instances created without a source: s3://bucket/prefix on the S3 settings
     # below (each instance under <prefix>/<instance>/), which every host reaches; unset, a

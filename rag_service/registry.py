@@ -216,7 +216,9 @@ class Providers:
         if cfg.backend != "cloudflare":
             from rag_service.providers.local_index import LocalIndex
 
-            local = await LocalIndex.aopen(folder / "index", spec, keyword_tokenizer=tokenizer)
+            local = await LocalIndex.aopen(
+                folder / "index", spec, tokenizer, ann_threshold=self.settings.ann_threshold
+            )
             return local if keyword is None else SplitIndex(local, keyword)
         # The instance's Vectorize index (created with its metadata indexes when missing),
         # with its keyword side in the database or in the instance's data dir.

@@ -4,16 +4,26 @@ One directory per index holding one SQLite file. `chunks` keeps id, float32 vect
 metadata (with the chunk text under `text`); an external-content FTS5 table over that text is
 kept in sync by triggers, so every upsert or delete is one all-or-nothing transaction. At open
 all vectors are loaded into a float32 matrix; queries are exact (filter first, then top-k).
+
+From `ann_threshold` vectors on, vector queries go through an HNSW graph (`ann.Hnsw`) kept
+beside the SQLite file: its candidates are rescored exactly from the matrix, and a filter keeps
+its exact mask (candidates are over-fetched until enough pass, or the query is answered exactly
+when the filter admits few rows). The graph is built or loaded in a background thread (queries
+stay exact until it is ready), follows every write, and is saved at close; a saved graph whose
+generation (a counter of write transactions kept in `meta`) differs from the file's is rebuilt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
+import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -23,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rag_service.errors import BackendError, IndexMismatch, InvalidRequest
+from rag_service.providers import ann as ann_mod
 from rag_service.providers import filters as flt
 from rag_service.providers.protocols import Filter, IndexSpec, Match, Vector, VectorRecord
 from rag_service.providers.stopwords import content_words
@@ -34,6 +45,12 @@ _TOKENIZE = {"porter": "porter unicode61", "trigram": "trigram"}
 _MAX_TERMS = 64
 _SQL_BATCH = 500
 _MAX_COLUMNS = 64
+_ANN_CHUNK = 4096  # rows copied per lock hold while a graph is built
+_ANN_CATCH_UP = 2048  # writes made during a build that are applied while queries wait
+_ANN_EXACT_ROWS = 20_000  # a filter admitting at most this many rows is answered exactly
+_ANN_MAX_FETCH = 8192  # candidates beyond which a filtered query is answered exactly
+_ANN_OVERFETCH = 1.5  # a filter's first fetch: this many times the candidates it should pass
+_ANN_REBUILD = 0.25  # the graph is rebuilt once this share of its vectors was removed or replaced
 _WORD = re.compile(r"\w+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never part of a keyword: a NUL ends an FTS5 string
 _JSON_KIND = dict(null=flt.NULL, true=flt.BOOL, false=flt.BOOL, integer=flt.NUM, real=flt.NUM)
@@ -61,6 +78,7 @@ _FTS_DROP = [f"DROP TRIGGER chunks_{x}" for x in ("ai", "ad", "au")] + ["DROP TA
 
 T = TypeVar("T")
 IntArray = npt.NDArray[np.int64]
+log = logging.getLogger(__name__)
 
 
 def _connect(db: Path) -> sqlite3.Connection:
@@ -93,6 +111,8 @@ def _init_schema(conn: sqlite3.Connection, spec: IndexSpec, tokenizer: str, wher
                 conn.execute(ddl.format(tokenize=_TOKENIZE[tokenizer]))
             conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
             conn.execute("UPDATE meta SET value = ? WHERE key = 'keyword_tokenizer'", (tokenizer,))
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('uid', ?)", (os.urandom(8).hex(),))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -121,17 +141,31 @@ class LocalIndex:
     """Exact cosine + BM25 index in one directory; implements `VectorIndex`.
 
     Open with the sync factory `LocalIndex.open(path, spec)` or `await LocalIndex.aopen(...)`.
-    Reopening with another keyword tokenizer rebuilds the keyword index.
+    Reopening with another keyword tokenizer rebuilds the keyword index. With `ann_threshold`,
+    vector queries over at least that many vectors use an HNSW graph (see the module doc).
     """
 
-    def __init__(self, path: Path, spec: IndexSpec, tokenizer: KeywordTokenizer) -> None:
+    def __init__(
+        self,
+        path: Path,
+        spec: IndexSpec,
+        tokenizer: KeywordTokenizer,
+        ann_threshold: int | None = None,
+    ) -> None:
         self.path, self.spec, self.keyword_tokenizer = path, spec, tokenizer
+        self.ann_threshold = ann_threshold
         self._wlock = asyncio.Lock()
         self._wmutex = threading.Lock()
         self._state = threading.Lock()
         self._closed = False
         self._cols: dict[str, flt.Column] = {}
         self._rowsort: tuple[IntArray, IntArray] | None = None
+        self._ann: ann_mod.Hnsw | None = None  # in use: follows every write (under _state)
+        self._ann_thread: threading.Thread | None = None
+        self._ann_stop = self._ann_failed = False
+        self._journal: set[int] | None = None  # rowids written while a graph is being built
+        self._saved_generation = -1  # generation of the graph file this index wrote or read
+        self.ann_stats: dict[str, Any] = {}
         db = path / DB_NAME
         self._conn = _connect(db)
         conns = [self._conn]
@@ -145,28 +179,38 @@ class LocalIndex:
             for c in conns:
                 c.close()
             raise
+        self._maybe_start_ann()
 
     @classmethod
     def open(
-        cls, path: Path, spec: IndexSpec, keyword_tokenizer: KeywordTokenizer = "porter"
+        cls,
+        path: Path,
+        spec: IndexSpec,
+        keyword_tokenizer: KeywordTokenizer = "porter",
+        ann_threshold: int | None = None,
     ) -> LocalIndex:
-        """Open or create the index in `path`; IndexMismatch if it was built for another spec."""
+        """Open or create the index in `path`; IndexMismatch if it was built for another spec.
+        `ann_threshold`: vectors from which queries use the HNSW graph (None or 0: never)."""
         if keyword_tokenizer not in _TOKENIZE:
             raise InvalidRequest(f"keyword_tokenizer must be one of {sorted(_TOKENIZE)}")
         if spec.dimensions < 1:
             raise InvalidRequest("index dimensions must be positive")
         path.mkdir(parents=True, exist_ok=True)
         try:
-            return cls(path, spec, keyword_tokenizer)
+            return cls(path, spec, keyword_tokenizer, ann_threshold or None)
         except sqlite3.Error as e:
             raise BackendError(f"cannot open index at {path}: {e}") from e
 
     @classmethod
     async def aopen(
-        cls, path: Path, spec: IndexSpec, keyword_tokenizer: KeywordTokenizer = "porter"
+        cls,
+        path: Path,
+        spec: IndexSpec,
+        keyword_tokenizer: KeywordTokenizer = "porter",
+        ann_threshold: int | None = None,
     ) -> LocalIndex:
         """`open` in a worker thread (loading a big index takes a while)."""
-        return await asyncio.to_thread(cls.open, path, spec, keyword_tokenizer)
+        return await asyncio.to_thread(cls.open, path, spec, keyword_tokenizer, ann_threshold)
 
     def _load(self) -> None:
         dim = self.spec.dimensions
@@ -185,6 +229,8 @@ class LocalIndex:
             self._ids.extend(ids)
         self._n = len(self._ids)
         self._pos = {cid: i for i, cid in enumerate(self._ids)}
+        meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        self._generation, self._uid = int(meta["generation"]), meta["uid"]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -241,6 +287,7 @@ class LocalIndex:
                         new[cid] = conn.execute(sql, (vec.tobytes(), mjson, cid)).lastrowid or 0
 
             self._transaction(write, lambda: self._apply_upsert(ids, vecs, metas, new))
+            self._maybe_start_ann()
 
     def _transaction(
         self, write: Callable[[sqlite3.Connection], None], apply: Callable[[], None]
@@ -249,8 +296,11 @@ class LocalIndex:
         try:
             conn.execute("BEGIN IMMEDIATE")
             write(conn)
+            sql = "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
+            conn.execute(sql)
             with self._state:
                 conn.execute("COMMIT")
+                self._generation += 1
                 apply()
         except BaseException as e:
             if conn.in_transaction:
@@ -294,6 +344,7 @@ class LocalIndex:
                 col.set(row, v, flt.value_kind(v) if field in meta else flt.MISSING)
         if new:
             self._rowsort = None
+        self._ann_write(self._rowids[positions], vecs)
 
     async def delete(self, ids: Sequence[str]) -> None:
         async with self._wlock:
@@ -310,8 +361,10 @@ class LocalIndex:
                 conn.executemany("DELETE FROM chunks WHERE id = ?", ((i,) for i in ids))
 
             self._transaction(write, lambda: self._apply_delete(gone))
+            self._maybe_start_ann()
 
     def _apply_delete(self, positions: list[int]) -> None:
+        self._ann_write(self._rowids[positions], None)
         for p in sorted(positions, reverse=True):
             last = self._n - 1
             del self._pos[self._ids[p]]
@@ -406,10 +459,162 @@ class LocalIndex:
         return await asyncio.to_thread(self._read, self._query_sync, q, k, f)
 
     def _query_sync(self, q: Vector, k: int, f: flt.NormFilter | None) -> list[Match]:
-        scores = self._mat[: self._n] @ q
-        pos = np.arange(self._n, dtype=np.int64) if f is None else np.flatnonzero(self._mask(f))
-        top = self._top(scores[pos], k, pos)
+        mask = None if f is None else self._mask(f)
+        top = self._ann_top(q, k, mask) if self._use_ann() else None
+        if top is None:
+            pos = np.arange(self._n, dtype=np.int64) if mask is None else np.flatnonzero(mask)
+            if 4 * len(pos) < self._n:  # a selective filter: score only the rows it admits
+                top = self._top(self._mat[pos] @ q, k, pos)
+            else:
+                top = self._top((self._mat[: self._n] @ q)[pos], k, pos)
         return self._fetch([(self._ids[p], s) for p, s in top])
+
+    # --- approximate search (HNSW graph beside the SQLite file) -----------------------------
+
+    def _use_ann(self) -> bool:
+        return self._ann is not None and self._n >= (self.ann_threshold or 0)
+
+    def _ann_top(
+        self, q: Vector, k: int, mask: npt.NDArray[np.bool_] | None
+    ) -> list[tuple[int, float]] | None:
+        """Top-k by exact score among the graph's candidates; None to answer exactly instead
+        (a filter admitting few rows, or too few candidates passing it)."""
+        assert self._ann is not None
+        fetch, size = ann_mod.fetch_count(k), len(self._ann)
+        need = min(k, size)
+        if mask is not None:
+            need, admitted = ann_mod.passing_count(k), int(np.count_nonzero(mask))
+            if admitted <= max(_ANN_EXACT_ROWS, need):
+                return None
+            fetch = math.ceil(need * self._n / admitted * _ANN_OVERFETCH)
+        while True:
+            pos = self._positions_of(self._ann.search(np.asarray(q), fetch))
+            if mask is not None:
+                pos = pos[mask[pos]]
+            if len(pos) >= need:
+                return self._top(self._mat[pos] @ q, k, pos)
+            if fetch >= min(size, _ANN_MAX_FETCH):
+                return None  # a small graph, or a filter few near rows pass
+            fetch = min(fetch * 4, _ANN_MAX_FETCH)
+
+    def _ann_write(self, rowids: IntArray, vecs: npt.NDArray[np.float32] | None) -> None:
+        """Under _state, after a commit: the graph in use takes the new vectors (None: drops
+        the rows); a graph being built learns which rows to redo (it finds deleted rows out by
+        itself). Should the graph fail, queries go back to exact search."""
+        if vecs is not None and self._journal is not None:
+            self._journal.update(rowids.tolist())
+        if self._ann is None:
+            return
+        try:
+            if vecs is None:
+                self._ann.remove(rowids)
+            else:
+                self._ann.replace(rowids, vecs)
+        except Exception:
+            log.exception("updating the vector graph of %s failed; searching exactly", self.path)
+            self._ann, self._ann_failed = None, True
+
+    def _maybe_start_ann(self) -> None:
+        """Start loading or building the graph once the index holds `ann_threshold` vectors,
+        or building a new one once the graph in use has seen many removals."""
+        if self.ann_threshold is None or self._n < self.ann_threshold:
+            return
+        with self._state:
+            graph, thread = self._ann, self._ann_thread
+            if self._closed or self._ann_failed or (thread is not None and thread.is_alive()):
+                return
+            if graph is not None and graph.churn <= _ANN_REBUILD * max(len(graph), 1):
+                return
+            self._ann_thread = threading.Thread(
+                target=self._ann_build, name=f"ann-build {self.path}", daemon=True
+            )
+            self._ann_thread.start()
+
+    def _ann_build(self) -> None:
+        try:
+            self._ann_build_sync()
+        except Exception as e:  # the index answers as before (exactly); the next open tries again
+            if isinstance(e, ImportError):
+                log.warning("no vector graph for %s (%s): install rag-service[local]", self.path, e)
+            else:
+                log.exception("building the vector graph of %s failed", self.path)
+            with self._state:
+                self._journal, self._ann_failed = None, True
+
+    def _ann_build_sync(self) -> None:
+        """Load the saved graph if it is current, else build one from the matrix a chunk at a
+        time (the lock is held only to copy each chunk); then apply what was written meanwhile
+        until little is left, apply that while queries wait, and put the graph in use."""
+        t0 = time.perf_counter()
+        dim = self.spec.dimensions
+        with self._state:
+            if self._closed or self._ann_stop:
+                return
+            self._journal = set()
+            generation, count, rebuild = self._generation, self._n, self._ann is not None
+        graph = None
+        if not rebuild:  # (a rebuild replaces a graph in use that has seen many removals)
+            graph = ann_mod.Hnsw.load(self.path, dim, (self._uid, generation), count)
+        loaded = graph is not None
+        if graph is None:
+            graph = ann_mod.Hnsw(dim)
+            start = 0
+            while True:
+                with self._state:
+                    if self._ann_stop:
+                        return
+                    end = min(start + _ANN_CHUNK, self._n)
+                    keys, vecs = self._rowids[start:end].copy(), self._mat[start:end].copy()
+                if start >= end:
+                    break
+                fresh = ~graph.contains(keys)  # a row moved here by a delete may be in already
+                graph.add(keys[fresh], vecs[fresh])
+                start = end
+        while True:
+            with self._state:
+                if self._ann_stop:
+                    return
+                assert self._journal is not None
+                live, have = self._rowids[: self._n], graph.keys()
+                gone = np.setdiff1d(have, live)
+                rewritten = np.fromiter(self._journal, np.int64, len(self._journal))
+                todo = np.union1d(np.setdiff1d(live, have), np.intersect1d(rewritten, live))
+                vecs = self._mat[self._positions_of(todo)] if len(todo) else self._mat[:0]
+                self._journal = set()
+                if len(todo) + len(gone) <= _ANN_CATCH_UP:
+                    graph.remove(np.union1d(gone, todo))
+                    graph.add(todo, vecs)
+                    self._ann, self._journal = graph, None
+                    self._saved_generation = self._generation if loaded else -1
+                    break
+            graph.remove(np.union1d(gone, todo))
+            graph.add(todo, vecs)
+        self.ann_stats = {
+            "loaded": loaded,
+            "rebuilt": rebuild,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "memory_bytes": graph.memory_bytes,
+        }
+        if not loaded:
+            with self._wmutex:  # writes wait; queries go on (saving only reads the graph)
+                if not self._closed:
+                    self._save_ann()
+
+    def _save_ann(self) -> None:
+        """Under _wmutex: write the graph unless the file already holds this generation."""
+        if self._ann is not None and self._saved_generation != self._generation:
+            try:
+                self._ann.save(self.path, (self._uid, self._generation))
+                self._saved_generation = self._generation
+            except OSError as e:  # a graph not saved is rebuilt at the next open
+                log.warning("cannot save the vector graph of %s: %s", self.path, e)
+
+    async def wait_ann(self) -> bool:
+        """Wait for a graph being loaded or built; True when queries use one."""
+        thread = self._ann_thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
+        return self._use_ann()
 
     def _match_expr(self, text: str, mode: str) -> str | None:
         """An FTS5 query for the words of `text`; control characters separate words, as spaces
@@ -485,10 +690,20 @@ class LocalIndex:
         return out
 
     async def close(self) -> None:
+        """Close; a graph in use is saved first (unless its file is current)."""
         async with self._wlock:
-            with self._wmutex, self._state:
-                if not self._closed:
-                    self._closed = True
-                    self._rconn.close()
-                    self._lconn.close()
-                    self._conn.close()
+            thread = self._ann_thread
+            if thread is not None and thread.is_alive():
+                self._ann_stop = True
+                await asyncio.to_thread(thread.join)
+            await asyncio.to_thread(self._close_sync)
+
+    def _close_sync(self) -> None:
+        with self._wmutex, self._state:
+            if not self._closed:
+                self._closed = True
+                self._save_ann()
+                self._ann = None
+                self._rconn.close()
+                self._lconn.close()
+                self._conn.close()
