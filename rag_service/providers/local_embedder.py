@@ -8,6 +8,7 @@ import json
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from transformers import AutoModel, AutoTokenizer
 from rag_service.config import BGE_QUERY_INSTRUCTION, LOCAL_EMBEDDING_MODEL
 from rag_service.errors import BackendError
 from rag_service.providers.local_models import (
+    embedding_lanes,
     length_batches,
     resolve_embedding_model,
     torch_threads,
@@ -68,6 +70,7 @@ class LocalEmbedder:
         max_tokens: int | None = None,
         device: str = "cpu",
         threads: int | None = None,
+        lanes: int | None = None,
     ) -> None:
         self.model_id = model
         self.pooling: Pooling = pooling or default_pooling(model)
@@ -79,6 +82,7 @@ class LocalEmbedder:
         self.batch_size = max(1, batch_size)
         self.device = torch.device(device)
         self.threads = max(1, threads or torch_threads())  # torch's setting is per thread
+        self.lanes = max(1, lanes or embedding_lanes())
         path = resolve_embedding_model(model)
         try:
             self.tokenizer: Any = AutoTokenizer.from_pretrained(path)  # public: for the chunker
@@ -123,25 +127,38 @@ class LocalEmbedder:
         return [min(len(e.ids), self.max_tokens) for e in encodings]
 
     def _embed(self, texts: list[str]) -> Vector:
-        """Most tokens first so each batch pads little; rows are put back in input order."""
+        """Most tokens first so each batch pads little; rows are put back in input order.
+        Several batches run in `lanes` threads of one torch thread each."""
         out: Vector = np.empty((len(texts), self.dimensions), dtype=np.float32)
         lengths = self.token_lengths(texts) if len(texts) > self.batch_size else [0] * len(texts)
-        with self._torch_lock, torch.inference_mode():
-            torch.set_num_threads(self.threads)
-            for rows in length_batches(lengths, self.batch_size):
-                batch = self._batch_tokenizer(
-                    [texts[i] for i in rows],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_tokens,
-                    return_tensors="pt",
-                ).to(self.device)
-                try:
-                    hidden = self.model(**batch).last_hidden_state
-                except RuntimeError as exc:
-                    raise BackendError(f"embedding with {self.model_id!r} failed: {exc}") from exc
-                out[rows] = self._pool(hidden, batch["attention_mask"]).cpu().numpy()
+        batches = [
+            (rows, self._tokenize([texts[i] for i in rows]))
+            for rows in length_batches(lengths, self.batch_size)
+        ]
+        with self._torch_lock:
+            if self.lanes > 1 and len(batches) > 1:
+                with ThreadPoolExecutor(self.lanes, thread_name_prefix="embed") as lanes:
+                    list(lanes.map(lambda b: self._forward(out, b[0], b[1], 1), batches))
+            else:
+                for rows, batch in batches:
+                    self._forward(out, rows, batch, self.threads)
         return out
+
+    def _tokenize(self, texts: list[str]) -> Any:
+        return self._batch_tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        ).to(self.device)
+
+    def _forward(self, out: Vector, rows: list[int], batch: Any, threads: int) -> None:
+        """Encode one tokenised batch into `out[rows]` (torch's thread count and inference
+        mode hold for the calling thread only)."""
+        with torch.inference_mode():
+            torch.set_num_threads(threads)
+            try:
+                hidden = self.model(**batch).last_hidden_state
+            except RuntimeError as exc:
+                raise BackendError(f"embedding with {self.model_id!r} failed: {exc}") from exc
+            out[rows] = self._pool(hidden, batch["attention_mask"]).cpu().numpy()
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
