@@ -19,7 +19,12 @@ from rag_service.providers.local_embedder import (
     default_pooling,
     default_query_instruction,
 )
-from rag_service.providers.local_models import minilm_path, resolve_embedding_model
+from rag_service.providers.local_models import (
+    embedding_lanes,
+    minilm_path,
+    resolve_embedding_model,
+    torch_threads,
+)
 from rag_service.providers.protocols import Embedder
 
 TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
@@ -95,6 +100,21 @@ async def test_unit_norm_and_batching_does_not_change_results(mean: LocalEmbedde
     np.testing.assert_allclose(together, alone, atol=1e-5)
     empty = await mean.embed_documents([])
     assert empty.shape == (0, 384) and empty.dtype == np.float32
+
+
+async def test_lanes_and_threads_give_the_same_vectors(mean: LocalEmbedder) -> None:
+    """Batches in parallel single-threaded lanes, or in one team of threads, or one by one:
+    the same vectors, each in its input row."""
+    texts = [f"{TEXT} " * (1 + i % 5) + f"number {i}" for i in range(70)]
+    runs = []
+    for lanes, threads in ((1, 1), (3, 1), (1, 2)):
+        mean.lanes, mean.threads = lanes, threads
+        runs.append(await mean.embed_documents(texts))
+    mean.lanes, mean.threads = embedding_lanes(), torch_threads()
+    for other in runs[1:]:
+        np.testing.assert_allclose(other, runs[0], atol=1e-5)
+    alone = (await mean.embed_documents([texts[41]]))[0]
+    np.testing.assert_allclose(runs[1][41], alone, atol=1e-5)
 
 
 async def test_truncation_at_max_tokens(mean: LocalEmbedder) -> None:
