@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -139,18 +140,51 @@ async def begin_item(
     sessions: Sessions, instance_id: str, info: ObjectInfo, job_id: str, high_water: int
 ) -> Item:
     """Create or update the item row as `running`, with the chunk high-water mark set first."""
-    item_id = item_id_for(instance_id, info.key)
+    return (await begin_items(sessions, instance_id, [(info, high_water)], job_id))[0]
+
+
+async def _items_by_id(session: AsyncSession, ids: Sequence[str]) -> dict[str, Item]:
+    found: dict[str, Item] = {}
+    for part in range(0, len(ids), _IN_BATCH):
+        rows = await session.scalars(select(Item).where(Item.id.in_(ids[part : part + _IN_BATCH])))
+        found.update((item.id, item) for item in rows)
+    return found
+
+
+async def begin_items(
+    sessions: Sessions, instance_id: str, started: Sequence[tuple[ObjectInfo, int]], job_id: str
+) -> list[Item]:
+    """`begin_item` for each (object, high-water mark), in one transaction."""
+    ids = [item_id_for(instance_id, info.key) for info, _ in started]
+    now = utcnow()
     async with sessions() as session, session.begin():
-        item = await session.get(Item, item_id)
-        if item is None:
-            item = Item(id=item_id, instance_id=instance_id, key=info.key)
-            session.add(item)
-        item.status = "running"
-        item.error = None
-        item.job_id = job_id
-        item.chunk_high_water = max(item.chunk_high_water or 0, high_water)
-        item.last_seen_at = utcnow()
-    return item
+        found = await _items_by_id(session, ids)
+        items = []
+        for item_id, (info, high_water) in zip(ids, started, strict=True):
+            item = found.get(item_id)
+            if item is None:
+                item = found[item_id] = Item(id=item_id, instance_id=instance_id, key=info.key)
+                session.add(item)
+            item.status = "running"
+            item.error = None
+            item.job_id = job_id
+            item.chunk_high_water = max(item.chunk_high_water or 0, high_water)
+            item.last_seen_at = now
+            items.append(item)
+    return items
+
+
+@dataclass(frozen=True)
+class ItemEnd:
+    """An item's outcome, as `end_item` records it."""
+
+    item_id: str
+    info: ObjectInfo
+    status: ItemStatus
+    chunks_count: int = 0
+    error: str | None = None
+    metadata: dict[str, Any] | None = None
+    retry: bool = False
 
 
 async def end_item(
@@ -169,19 +203,29 @@ async def end_item(
     `retry` leaves the etag blank so that the next sync tries the item again (a backend
     failure, as opposed to a document that cannot be read).
     """
+    end = ItemEnd(item_id, info, status, chunks_count, error, metadata, retry)
+    await end_items(sessions, [end])
+
+
+async def end_items(sessions: Sessions, ends: Sequence[ItemEnd]) -> None:
+    """`end_item` for each outcome, in one transaction (rows deleted meanwhile are skipped)."""
+    ids = [end.item_id for end in ends]
+    now = utcnow()
     async with sessions() as session, session.begin():
-        item = await session.get(Item, item_id)
-        if item is None:
-            return
-        item.status = status
-        item.error = error
-        item.etag = "" if retry else info.etag
-        item.size, item.last_modified = info.size, info.last_modified
-        item.chunks_count = chunks_count
-        if status == "completed":
-            item.chunk_high_water = chunks_count  # leftovers past it were deleted
-        item.metadata_ = metadata or {}
-        item.last_seen_at = utcnow()
+        found = await _items_by_id(session, ids)
+        for end in ends:
+            item = found.get(end.item_id)
+            if item is None:
+                continue
+            item.status = end.status
+            item.error = end.error
+            item.etag = "" if end.retry else end.info.etag
+            item.size, item.last_modified = end.info.size, end.info.last_modified
+            item.chunks_count = end.chunks_count
+            if end.status == "completed":
+                item.chunk_high_water = end.chunks_count  # leftovers past it were deleted
+            item.metadata_ = end.metadata or {}
+            item.last_seen_at = now
 
 
 async def touch_items(sessions: Sessions, item_ids: Sequence[str], seen: datetime) -> None:

@@ -124,16 +124,17 @@ async def prepare_window(ctx: SyncContext, infos: list[ObjectInfo], job_id: str)
     results = await asyncio.gather(
         *(chunks_of(ctx, info, item_log) for info in infos), return_exceptions=True
     )
+    chunked = [(i, r) for i, r in zip(infos, results, strict=True) if isinstance(r, list)]
+    # The high-water marks are recorded before any chunk is written (crash safety).
+    started = [(info, len(chunks)) for info, chunks in chunked]
+    items = await records.begin_items(ctx.sessions, ctx.instance_id, started, job_id)
+    prepared.ready = [
+        (info, chunks, item) for (info, chunks), item in zip(chunked, items, strict=True)
+    ]
     for info, result in zip(infos, results, strict=True):
-        if isinstance(result, list):
-            # The high-water mark is recorded before any chunk is written (crash safety).
-            item = await records.begin_item(
-                ctx.sessions, ctx.instance_id, info, job_id, len(result)
-            )
-            prepared.ready.append((info, result, item))
-        elif isinstance(result, Exception):
+        if isinstance(result, Exception):
             prepared.done.append(await _unreadable(ctx, info, job_id, result, item_log))
-        else:
+        elif not isinstance(result, list):
             raise result  # cancellation and the like are not an item's problem
     await item_log.write(ctx.sessions)
     return prepared
@@ -164,17 +165,17 @@ async def finish_window(ctx: SyncContext, prepared: Prepared, job_id: str) -> li
     stored = await asyncio.gather(*map(store, prepared.ready, vectors))
     outcomes = list(prepared.done)
     item_log = ItemLog(ctx.instance_id, job_id)
+    ends = []
     for (info, chunks, item), result in zip(prepared.ready, stored, strict=True):
         if isinstance(result, Exception):
             outcomes.append(await _unreadable(ctx, info, job_id, result, item_log))
             continue
         n = len(chunks)
-        await records.end_item(
-            ctx.sessions, item.id, info, "completed", chunks_count=n, metadata=result
-        )
+        ends.append(records.ItemEnd(item.id, info, "completed", chunks_count=n, metadata=result))
         since = prepared.since.get(info.key)
         item_log.add(info.key, "indexed", f"indexed {n_chunks(n)}", chunk_count=n, since=since)
         outcomes.append(Outcome(info, "completed", str(n)))
+    await records.end_items(ctx.sessions, ends)
     await item_log.write(ctx.sessions)
     return outcomes
 
