@@ -35,13 +35,7 @@ def embed_like_ragd(
         torch.set_num_threads(threads)
         for s in range(0, len(order), batch):
             rows = order[s : s + batch]
-            enc = le._batch_tokenizer(
-                [texts[i] for i in rows],
-                padding=True,
-                truncation=True,
-                max_length=le.max_tokens,
-                return_tensors="pt",
-            )
+            enc = le._tokenize([texts[i] for i in rows])  # LocalEmbedder's own padding
             hidden = le.model(**enc).last_hidden_state
             out[rows] = le._pool(hidden, enc["attention_mask"]).cpu().numpy()
     return out

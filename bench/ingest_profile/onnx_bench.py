@@ -121,8 +121,12 @@ class OrtEmbedder:
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
 
     def embed(self, texts: list[str], batch: int = 32) -> np.ndarray:
-        out = np.empty((len(texts), 384), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        return self.embed_in(texts, order, batch)
+
+    def embed_in(self, texts: list[str], order: list[int], batch: int) -> np.ndarray:
+        """Batches of `batch` rows taken in `order`; rows put back in input order."""
+        out = np.empty((len(texts), 384), dtype=np.float32)
         for s in range(0, len(order), batch):
             rows = order[s : s + batch]
             enc = self.tokenizer(

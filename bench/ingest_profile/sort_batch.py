@@ -41,33 +41,13 @@ def run_torch(le: Any, texts: list[str], order: list[int], batch: int) -> np.nda
         torch.set_num_threads(1)
         for s in range(0, len(order), batch):
             rows = order[s : s + batch]
-            enc = le._batch_tokenizer(
-                [texts[i] for i in rows],
-                padding=True,
-                truncation=True,
-                max_length=le.max_tokens,
-                return_tensors="pt",
-            )
+            enc = le._tokenize([texts[i] for i in rows])  # LocalEmbedder's own padding
             out[rows] = le._pool(le.model(**enc).last_hidden_state, enc["attention_mask"]).numpy()
     return out
 
 
 def run_ort(m: Any, texts: list[str], order: list[int], batch: int) -> np.ndarray:
-    out = np.empty((len(texts), 384), dtype=np.float32)
-    for s in range(0, len(order), batch):
-        rows = order[s : s + batch]
-        enc = m.tokenizer(
-            [texts[i] for i in rows],
-            padding=True,
-            truncation=True,
-            max_length=m.max_tokens,
-            return_tensors="np",
-        )
-        feed = {
-            k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")
-        }
-        out[rows] = m.session.run(None, feed)[0]
-    return out
+    return np.asarray(m.embed_in(texts, order, batch))
 
 
 def main() -> None:
