@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     embedding_pooling: Literal["cls", "mean"] | None = None  # None: cls for BGE, mean otherwise
     embedding_query_instruction: str | None = None  # None: BGE's own for BGE, none otherwise
     embedding_batch_size: int = 16
+    # How the local embedder runs: "torch"; "onnx", ONNX Runtime with the same vectors and
+    # faster single queries; "onnx-int8", int8 weights, faster batches, slightly other vectors
+    # (its own model id in an index: indexes built with another runtime refuse them). The ONNX
+    # files are exported once into <data_dir>/models/onnx.
+    embedding_runtime: Literal["torch", "onnx", "onnx-int8"] = "torch"
     # The answer model: "extractive" (sentences of the documents, no LLM), "smollm2" (the
     # shipped GGUF), an HF id/path or a GGUF path, or the model name of RAGD_GENERATION_URL's
     # server. None: extractive, or the server's "default" model when RAGD_GENERATION_URL is set.

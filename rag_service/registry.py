@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -315,12 +316,18 @@ class Providers:
         return WorkersAIReranker(CloudflareAPI.for_settings(self.settings), model)
 
     def local_embedder(self, model: str, pooling: str | None) -> Embedder:
+        runtime = self.settings.embedding_runtime
         with _IMPORTS:
             from rag_service.providers.local_embedder import LocalEmbedder
+            from rag_service.providers.onnx_embedder import OnnxEmbedder
 
-        return LocalEmbedder(
+        make: Callable[..., Embedder] = LocalEmbedder
+        if runtime != "torch":
+            cache = self.settings.data_dir / "models" / "onnx"
+            make = partial(OnnxEmbedder, cache_dir=cache, int8=runtime == "onnx-int8")
+        return make(
             model,
-            pooling=pooling,  # type: ignore[arg-type]
+            pooling=pooling,
             query_instruction=self.settings.embedding_query_instruction,
             batch_size=self.settings.embedding_batch_size,
         )
