@@ -319,10 +319,11 @@ class Providers:
         runtime = self.settings.embedding_runtime
         with _IMPORTS:
             from rag_service.providers.local_embedder import LocalEmbedder
-            from rag_service.providers.onnx_embedder import OnnxEmbedder
 
         make: Callable[..., Embedder] = LocalEmbedder
         if runtime != "torch":
+            with _IMPORTS:
+                from rag_service.providers.onnx_embedder import OnnxEmbedder
             cache = self.settings.data_dir / "models" / "onnx"
             make = partial(OnnxEmbedder, cache_dir=cache, int8=runtime == "onnx-int8")
         return make(

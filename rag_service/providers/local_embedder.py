@@ -131,11 +131,11 @@ class LocalEmbedder:
         Several batches run in `lanes` threads of one torch thread each."""
         out: Vector = np.empty((len(texts), self.dimensions), dtype=np.float32)
         lengths = self.token_lengths(texts) if len(texts) > self.batch_size else [0] * len(texts)
-        batches = [
-            (rows, self._tokenize([texts[i] for i in rows]))
-            for rows in length_batches(lengths, self.batch_size)
-        ]
-        with self._torch_lock:
+        with self._torch_lock:  # also guards _batch_tokenizer, which each call reconfigures
+            batches = [
+                (rows, self._tokenize([texts[i] for i in rows]))
+                for rows in length_batches(lengths, self.batch_size)
+            ]
             if self.lanes > 1 and len(batches) > 1:
                 with ThreadPoolExecutor(self.lanes, thread_name_prefix="embed") as lanes:
                     list(lanes.map(lambda b: self._forward(out, b[0], b[1], 1), batches))
