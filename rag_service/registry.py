@@ -320,7 +320,9 @@ class Providers:
         with _IMPORTS:
             from rag_service.providers.local_embedder import LocalEmbedder
 
-        make: Callable[..., Embedder] = LocalEmbedder
+        make: Callable[..., Embedder] = partial(
+            LocalEmbedder, precision=self.settings.embedding_precision
+        )
         if runtime != "torch":
             with _IMPORTS:
                 from rag_service.providers.onnx_embedder import OnnxEmbedder

@@ -81,6 +81,25 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere or when unreadable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def fast_bfloat16() -> bool:
+    """Whether bfloat16 matrix products run natively on this CPU (AMX-BF16 tiles), where they
+    embedded 3.1x faster than float32 (2 vCPUs, MiniLM). Without them oneDNN emulates bfloat16,
+    which is slower than float32."""
+    return "amx_bf16" in cpu_flags()
+
+
 def embedding_lanes() -> int:
     """Batches a local embedder encodes at once, each on one torch thread: one per usable CPU.
 

@@ -72,7 +72,7 @@ class OnnxEmbedder(LocalEmbedder):
                 "the onnx embedding runtimes need onnxruntime and onnx: "
                 "pip install 'rag-service[local]' or set RAGD_EMBEDDING_RUNTIME=torch"
             ) from exc
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{**kwargs, "precision": "float32"})  # exported as float32
         if self.device.type != "cpu":
             raise BackendError(f"ONNX embeddings run on the CPU, not {self.device}")
         model = self.model_id

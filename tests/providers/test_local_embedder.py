@@ -13,7 +13,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from rag_service.config import LOCAL_EMBEDDING_MODEL
+from rag_service.config import LOCAL_EMBEDDING_MODEL, Settings
+from rag_service.providers import local_embedder as local_embedder_mod
+from rag_service.providers import local_models
 from rag_service.providers.local_embedder import (
     LocalEmbedder,
     default_pooling,
@@ -26,6 +28,7 @@ from rag_service.providers.local_models import (
     torch_threads,
 )
 from rag_service.providers.protocols import Embedder
+from rag_service.registry import Providers
 
 TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
 
@@ -143,3 +146,43 @@ async def test_semantic_sanity(mean: LocalEmbedder) -> None:
         ]
     )
     assert float(query @ bread) > float(query @ tax) + 0.2
+
+
+async def test_bfloat16_vectors_stay_within_1e_4_of_float32(mean: LocalEmbedder) -> None:
+    """bfloat16 weights (fast on AMX CPUs) give unit float32 vectors next to float32's."""
+    bf16 = LocalEmbedder(LOCAL_EMBEDDING_MODEL, pooling="mean", precision="bfloat16")
+    assert bf16.precision == "bfloat16" and bf16.model_id == mean.model_id
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    texts = [TEXT, "short", "A longer passage about baking sourdough bread at home. " * 8]
+    texts += [f"{TEXT} " * (1 + i % 4) + f"number {i}" for i in range(40)]
+    got, want = await bf16.embed_documents(texts), await mean.embed_documents(texts)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cos = (got * want).sum(axis=1)
+    assert cos.min() > 0.9995, cos.min()  # measured: >= 0.99990 on 400 NegConstraint passages
+    assert not np.array_equal(got, want)  # the arithmetic really is another one
+    query = await bf16.embed_query(TEXT)
+    assert float(query @ (await mean.embed_query(TEXT))) > 0.9995
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for fast, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(local_embedder_mod, "fast_bfloat16", lambda fast=fast: fast)
+        made = Providers(Settings()).local_embedder(LOCAL_EMBEDDING_MODEL, None)
+        assert isinstance(made, LocalEmbedder) and made.precision == want
+        assert next(made.model.parameters()).dtype == getattr(torch, want)
+    forced = Providers(Settings(embedding_precision="float32")).local_embedder(
+        LOCAL_EMBEDDING_MODEL, None
+    )
+    assert isinstance(forced, LocalEmbedder) and forced.precision == "float32"
+
+
+def test_fast_bfloat16_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = local_models.cpu_flags()
+    assert local_models.fast_bfloat16() == ("amx_bf16" in flags)
+    monkeypatch.setattr(local_models, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert local_models.fast_bfloat16()
+    monkeypatch.setattr(local_models, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not local_models.fast_bfloat16()
