@@ -95,9 +95,11 @@ def cpu_flags() -> frozenset[str]:
 
 def fast_bfloat16() -> bool:
     """Whether bfloat16 matrix products run natively on this CPU (AMX-BF16 tiles), where they
-    embedded 3.1x faster than float32 (2 vCPUs, MiniLM). Without them oneDNN emulates bfloat16,
-    which is slower than float32."""
-    return "amx_bf16" in cpu_flags()
+    embedded 3.1x faster than float32 (2 vCPUs, MiniLM). Without AMX they are slower than
+    float32: 0.74x with AVX-512-BF16, 0.14x with AVX2 (oneDNN limited by ONEDNN_MAX_CPU_ISA,
+    which is therefore obeyed here too)."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return "amx_bf16" in cpu_flags() and (not isa or "AMX" in isa or isa == "ALL")
 
 
 def embedding_lanes() -> int:

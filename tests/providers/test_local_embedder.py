@@ -180,9 +180,15 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it(
 
 
 def test_fast_bfloat16_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     flags = local_models.cpu_flags()
-    assert local_models.fast_bfloat16() == ("amx_bf16" in flags)
+    assert isinstance(flags, frozenset) and local_models.fast_bfloat16() == ("amx_bf16" in flags)
     monkeypatch.setattr(local_models, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert local_models.fast_bfloat16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # oneDNN told not to use AMX
+    assert not local_models.fast_bfloat16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert local_models.fast_bfloat16()
     monkeypatch.setattr(local_models, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     assert not local_models.fast_bfloat16()
