@@ -34,7 +34,7 @@ HERE = ROOT / "bench" / "peers"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from peerlib import MODES, offline, read_qrels  # noqa: E402
+from peerlib import MODES, load_qrels, offline  # noqa: E402
 
 from rag_service.evaluation.metrics import mean_scores  # noqa: E402
 
@@ -141,7 +141,7 @@ def subset(beir: Path, limit: int, dest: Path) -> Path:
     lines = [x for x in (beir / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if x]
     kept = lines[:limit]
     ids = {str(json.loads(x)["_id"]) for x in kept}
-    qrels = read_qrels(beir / "qrels" / "test.tsv")
+    qrels = load_qrels(beir / "qrels" / "test.tsv")
     judged = {
         q: docs
         for q, docs in qrels.items()
@@ -346,7 +346,7 @@ def run_rounds(
     args: argparse.Namespace, pythons: dict[str, Path], beir: Path, tmp: Path
 ) -> list[dict[str, dict[str, Any]]]:
     """Every peer once per round, the order rotated by one each round; scored."""
-    qrels = read_qrels(beir / "qrels" / "test.tsv")
+    qrels = load_qrels(beir / "qrels" / "test.tsv")
     model = model_folder()
     names: list[str] = args.peers
     rounds: list[dict[str, dict[str, Any]]] = []

@@ -1,4 +1,6 @@
-"""Shared by the peer runners (standard library only: it runs in every peer's venv).
+"""Shared by the peer runners (standard library only: it runs in every peer's venv). The
+BEIR folder is read by ragd's own `rag_service.evaluation.beir` (standard library only too),
+imported from this checkout, so that every peer indexes exactly what ragd indexes.
 
 A runner is called as `python run_X.py --beir DIR --model DIR --out FILE [--threads N]`,
 indexes every passage of the BEIR folder, retrieves the top `--depth` passages of each judged
@@ -12,10 +14,16 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout, for rag_service
+
+# re-exported for the runners and the driver
+from rag_service.evaluation.beir import load_beir as load_beir
+from rag_service.evaluation.beir import load_qrels as load_qrels
 
 Run = dict[str, dict[str, float]]  # query id -> passage id -> score (best first)
 MODES = ("vector", "keyword", "hybrid")
@@ -27,52 +35,6 @@ def offline() -> None:
         os.environ[var] = "1"
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@dataclass(frozen=True)
-class Passage:
-    id: str
-    title: str
-    text: str
-
-    @property
-    def body(self) -> str:
-        """What every peer indexes: as ragd's BeirDoc.body (title, blank line, text)."""
-        return f"{self.title}\n\n{self.text}" if self.title else self.text
-
-
-@dataclass(frozen=True)
-class Beir:
-    passages: list[Passage]
-    queries: dict[str, str]  # the judged ones, in qrels order
-
-
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        yield from (json.loads(line) for line in f if line.strip())
-
-
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """query id -> passage id -> relevance, from a BEIR qrels TSV (header row skipped)."""
-    qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            row = line.rstrip("\n").split("\t")
-            if (n == 0 and row[0] == "query-id") or len(row) < 3:
-                continue
-            qrels.setdefault(row[0], {})[row[1]] = int(float(row[2]))
-    return qrels
-
-
-def read_beir(folder: Path, split: str = "test") -> Beir:
-    """The corpus and the queries judged in `split` (as rag_service.evaluation.beir reads it)."""
-    passages = [
-        Passage(str(r["_id"]), r.get("title") or "", r.get("text") or "")
-        for r in _jsonl(folder / "corpus.jsonl")
-    ]
-    texts = {str(r["_id"]): r.get("text") or "" for r in _jsonl(folder / "queries.jsonl")}
-    qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
-    return Beir(passages, {q: texts[q] for q in qrels})
 
 
 @dataclass

@@ -11,7 +11,7 @@ import time
 from importlib.metadata import version
 from typing import Any
 
-from peerlib import Report, finish, log, parse_args, read_beir, run_mode
+from peerlib import Report, finish, load_beir, log, parse_args, run_mode
 
 os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"  # no network here
 PACKAGES = (
@@ -50,7 +50,7 @@ def hits(docs: list[Any]) -> list[tuple[str, float]]:
 
 def main() -> None:
     args = parse_args(__doc__)
-    beir = read_beir(args.beir)
+    beir = load_beir(args.beir)
     started = time.perf_counter()
     import torch
     from haystack import Document
@@ -66,7 +66,7 @@ def main() -> None:
     doc_embedder = SentenceTransformersDocumentEmbedder(**model)
     doc_embedder.warm_up()
     loaded = time.perf_counter()
-    docs = [Document(id=p.id, content=p.body) for p in beir.passages]
+    docs = [Document(id=p.id, content=p.body) for p in beir.corpus.values()]
     store = InMemoryDocumentStore()
     store.write_documents(doc_embedder.run(documents=docs)["documents"])
     ingest_s = time.perf_counter() - started

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -19,9 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, cast
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from peerlib import Report, finish, log, parse_args, run_mode
+from peerlib import Report, finish, log, parse_args, run_mode  # puts this checkout on sys.path
 
 from rag_service.config import Settings
 from rag_service.evaluation.beir import load_beir, write_corpus

@@ -9,14 +9,14 @@ import time
 from importlib.metadata import version
 from typing import Any
 
-from peerlib import Report, finish, log, parse_args, read_beir, run_mode
+from peerlib import Report, finish, load_beir, log, parse_args, run_mode
 
 WEIGHTS = {"vector": 1.0, "keyword": 0.0, "hybrid": None}  # None: txtai's default (0.5)
 
 
 def main() -> None:
     args = parse_args(__doc__)
-    beir = read_beir(args.beir)
+    beir = load_beir(args.beir)
     started = time.perf_counter()
     import torch
     from txtai import Embeddings
@@ -25,7 +25,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     embeddings = Embeddings(path=str(args.model), content=True, hybrid=True)  # loads the model
     loaded = time.perf_counter()
-    embeddings.index((p.id, p.body, None) for p in beir.passages)
+    embeddings.index((p.id, p.body, None) for p in beir.corpus.values())
     ingest_s = time.perf_counter() - started
     report = Report(
         peer="txtai",
